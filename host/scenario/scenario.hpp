@@ -1,0 +1,59 @@
+#pragma once
+// A scenario: what workload to run, what the image must carry, which checks prove a good restore.
+// Files live in scenarios/<name>.toml; the format is documented in docs/scenarios.md.
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/json.hpp"
+#include "core/result.hpp"
+
+namespace crb {
+
+struct ScenarioProgram {
+  std::string name;
+  std::vector<std::string> argv;  // run inside the sandbox by the guest agent
+  std::map<std::string, std::string> env;
+  bool restartOnExit = false;     // the agent restarts it if it exits (else: exit is recorded)
+  double startDelaySeconds = 0;   // wait before starting (ordering: Xvfb before its clients)
+};
+
+// A fidelity check: the agent runs `argv` inside the sandbox before the checkpoint and after the
+// restore; `expect` says how the two outputs must relate.
+struct ScenarioCheck {
+  std::string name;
+  std::vector<std::string> argv;
+  std::string expect = "same";  // same | increases | changed | exit-zero
+  std::string description;
+};
+
+struct Scenario {
+  std::string name;
+  std::string description;
+  std::filesystem::path file;
+  // Host files to copy into the image with the shared libraries they need. "@build/x" is relative
+  // to the build dir (the scenario's own programs), absolute paths are host binaries (e.g. /usr/bin/Xvfb).
+  std::vector<std::string> binaries;
+  // Host files or directories copied as they are (fonts, config).
+  std::vector<std::string> files;
+  std::vector<ScenarioProgram> programs;
+  std::vector<ScenarioCheck> checks;
+  std::vector<std::string> digest;             // workload digest command (agent runs it)
+  std::vector<std::string> runtimes{"container", "vm"};
+  std::vector<std::string> requiredHostPackages;  // Debian packages the image needs on the host
+  int vmMemoryMiB = 256;
+  int vmCpus = 1;
+  Json params = Json::object();  // parameters after overrides; `{name}` in argv is substituted
+  Json toJson() const;
+};
+
+// Load by name (scenarios/<name>.toml) or path. `overrides` are "key=value" parameter overrides.
+// Errors name the file, line and key, and what was expected.
+Result<Scenario> loadScenario(const std::string& nameOrPath,
+                              const std::vector<std::string>& overrides = {});
+Result<Scenario> parseScenario(const std::string& text, const std::filesystem::path& file,
+                               const std::vector<std::string>& overrides = {});
+std::vector<std::string> listScenarios();
+
+}  // namespace crb
