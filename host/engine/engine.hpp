@@ -37,6 +37,7 @@ inline constexpr const char* kFileRam = "file-ram";
 
 struct Capabilities {
   RuntimeKind runtime = RuntimeKind::Container;
+  std::string runtimeFlavor;  // "" = default runtime of that kind; else e.g. "vm-libvirt"
   std::vector<std::string> modes;                        // modes that work on this host
   std::map<std::string, std::string> unsupportedModes;  // mode -> why not (here / at all)
   std::string unavailable;  // non-empty: the engine cannot run on this host at all, and why

@@ -1,6 +1,7 @@
 #pragma once
 // A running workload image: a container or a VM. Engines checkpoint and restore sandboxes; the
 // prober and the agent client reach the guest agent inside through the sockets a sandbox opens.
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,6 +25,9 @@ struct SandboxOptions {
   std::string id;  // unique; names the cgroup, netns, runtime dir; generated when empty
   bool verbose = false;
   std::string accel;  // vm: "kvm", "tcg" or "" (auto)
+  // Which implementation of the runtime: "" = the default ("container", "vm"); engines that
+  // need their own manager name it in Capabilities::runtimeFlavor (e.g. "vm-libvirt").
+  std::string flavor;
 };
 
 class Sandbox {
@@ -42,8 +46,16 @@ class Sandbox {
   virtual Status stop() = 0;
 };
 
-// Start a sandbox for the scenario and wait until its agent answers.
+// Start a sandbox for the scenario and wait until its agent answers. Dispatches to the runtime
+// registered under opts.flavor, or under toString(kind) when the flavor is empty.
 Result<std::unique_ptr<Sandbox>> startSandbox(RuntimeKind kind, const Scenario& scenario,
                                               const SandboxOptions& opts);
+
+using RuntimeFactory = std::function<Result<std::unique_ptr<Sandbox>>(const Scenario&, const SandboxOptions&)>;
+struct RuntimeRegistrar {
+  RuntimeRegistrar(const std::string& flavor, RuntimeFactory f);
+};
+#define CRB_REGISTER_RUNTIME(ident, flavor, factory) \
+  static ::crb::RuntimeRegistrar crb_runtime_registrar_##ident(flavor, factory)
 
 }  // namespace crb
