@@ -36,8 +36,13 @@ inline constexpr const char* kFileRam = "file-ram";
 }  // namespace modes
 
 struct Capabilities {
-  RuntimeKind runtime = RuntimeKind::Container;
+  std::vector<RuntimeKind> runtimes{RuntimeKind::Container};  // runtimes the engine works on
   std::string runtimeFlavor;  // "" = default runtime of that kind; else e.g. "vm-libvirt"
+  bool supportsRuntime(RuntimeKind k) const {
+    for (auto r : runtimes)
+      if (r == k) return true;
+    return false;
+  }
   std::vector<std::string> modes;                        // modes that work on this host
   std::map<std::string, std::string> unsupportedModes;  // mode -> why not (here / at all)
   std::string unavailable;  // non-empty: the engine cannot run on this host at all, and why
