@@ -28,14 +28,22 @@ struct ScenarioCheck {
   std::string description;
 };
 
+// A declared parameter: its type is the type of its default (integer, float, string, boolean).
+struct ScenarioParam {
+  std::string name;
+  Json defaultValue;
+  std::string description;
+};
+
 struct Scenario {
   std::string name;
   std::string description;
   std::filesystem::path file;
   // Host files to copy into the image with the shared libraries they need. "@build/x" is relative
   // to the build dir (the scenario's own programs), absolute paths are host binaries (e.g. /usr/bin/Xvfb).
+  // In the image, "@build/.../x" lands at /usr/local/bin/x; absolute paths keep their path.
   std::vector<std::string> binaries;
-  // Host files or directories copied as they are (fonts, config).
+  // Host files or directories copied as they are (fonts, config), at the same path in the image.
   std::vector<std::string> files;
   std::vector<ScenarioProgram> programs;
   std::vector<ScenarioCheck> checks;
@@ -45,6 +53,7 @@ struct Scenario {
   int vmMemoryMiB = 256;
   int vmCpus = 1;
   Json params = Json::object();  // parameters after overrides; `{name}` in argv is substituted
+  std::vector<ScenarioParam> paramSpecs;  // declared parameters with their defaults
   Json toJson() const;
 };
 
