@@ -1,0 +1,42 @@
+#!/bin/bash
+# Set up (install what is missing, build) and run the whole test suite.
+#   scripts/test.sh [--quick] [meson test args...]      (as root)
+# --quick leaves out the slow `scenario` suite; other arguments go to `meson test` unchanged
+# (e.g. --suite unit, or a test name).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+build_dir="${CRBENCH_BUILD_DIR:-build}"
+
+args=()
+for a in "$@"; do
+  if [[ $a == --quick ]]; then args+=(--no-suite scenario); else args+=("$a"); fi
+done
+
+"$root/scripts/setup.sh"
+
+rc=0
+meson test -C "$build_dir" --print-errorlogs "${args[@]}" || rc=$?
+
+# A run where nothing ran must not look green (e.g. a filter that matched nothing).
+log="$build_dir/meson-logs/testlog.json"
+counts="$(python3 - "$log" <<'PY'
+import collections, json, sys
+c = collections.Counter()
+try:
+    with open(sys.argv[1]) as f:
+        for line in f:
+            if line.strip():
+                c[json.loads(line).get("result", "?")] += 1
+except FileNotFoundError:
+    pass
+print(sum(c.values()), " ".join(f"{k.lower()}={v}" for k, v in sorted(c.items())))
+PY
+)"
+total="${counts%% *}"
+echo "test: ${total} tests: ${counts#* }"
+if [[ $rc -eq 0 && ${total:-0} -eq 0 ]]; then
+  echo "test: error: no tests ran (check the meson test arguments: $*)" >&2
+  exit 1
+fi
+exit "$rc"
