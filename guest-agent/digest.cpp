@@ -1,0 +1,164 @@
+// The state digest: a summary of every process's kernel-visible state, compared before a
+// checkpoint and after a restore. Inode numbers of pipes and sockets are kept apart from the
+// normalised path because they legitimately change across a restore.
+#include <dirent.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <sstream>
+
+#include "agent.hpp"
+
+namespace agent {
+namespace {
+
+std::string readLink(const std::string& p) {
+  char buf[4096];
+  ssize_t n = ::readlink(p.c_str(), buf, sizeof buf - 1);
+  if (n < 0) return {};
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+std::vector<int> numericEntries(const std::string& dir) {
+  std::vector<int> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    long v = std::strtol(e->d_name, &end, 10);
+    if (*e->d_name && !*end) out.push_back(static_cast<int>(v));
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+struct Stat {
+  std::string name;
+  char state = '?';
+  int ppid = 0;
+};
+
+// /proc/pid/stat: "pid (comm) S ppid ..." where comm may contain spaces and parentheses.
+bool readStat(int pid, Stat& st) {
+  std::string s;
+  if (!readText("/proc/" + std::to_string(pid) + "/stat", s)) return false;
+  auto open = s.find('('), close = s.rfind(')');
+  if (open == std::string::npos || close == std::string::npos || close + 4 > s.size()) return false;
+  st.name = s.substr(open + 1, close - open - 1);
+  std::istringstream rest(s.substr(close + 2));
+  rest >> st.state >> st.ppid;
+  return true;
+}
+
+Json fdInfo(const std::string& base, int fd) {
+  std::string target = readLink(base + "/fd/" + std::to_string(fd));
+  if (target.empty()) return nullptr;  // closed while we looked (e.g. our own readdir fd)
+  std::string kind = "file", path = target, inode;
+  auto bracketed = [&](const char* prefix, const char* k) {
+    size_t n = std::strlen(prefix);
+    if (target.compare(0, n, prefix) != 0) return false;
+    kind = k;
+    path = target.substr(0, n - 2);  // "socket:[123]" -> "socket"
+    inode = target.substr(n, target.size() - n - 1);
+    return true;
+  };
+  if (bracketed("socket:[", "socket") || bracketed("pipe:[", "pipe")) {
+  } else if (target.rfind("anon_inode:", 0) == 0) {
+    kind = "anon";
+  } else if (target.rfind("/dev/", 0) == 0) {
+    kind = "dev";
+  }
+  Json j{{"fd", fd}, {"kind", kind}, {"path", path}};
+  if (!inode.empty()) j["inode"] = inode;
+  std::string info;
+  if (readText(base + "/fdinfo/" + std::to_string(fd), info)) {
+    std::istringstream ss(info);
+    std::string key, val;
+    while (ss >> key >> val) {
+      if (key == "pos:") j["pos"] = std::strtoll(val.c_str(), nullptr, 10);
+      else if (key == "flags:") j["flags"] = val;
+      ss.ignore(1 << 20, '\n');
+    }
+  }
+  return j;
+}
+
+Json mapsSummary(const std::string& base) {
+  std::string maps;
+  uint64_t count = 0, bytes = 0, h = 0xcbf29ce484222325ULL;
+  if (readText(base + "/maps", maps, 64 << 20)) {
+    std::istringstream ss(maps);
+    std::string line;
+    while (std::getline(ss, line)) {
+      // start-end perms offset dev inode path: hash range, perms and path (dev/inode may differ
+      // between host and restored filesystems without the mapping being wrong).
+      std::istringstream ls(line);
+      std::string range, perms, off, dev, ino, path;
+      ls >> range >> perms >> off >> dev >> ino;
+      std::getline(ls, path);
+      path.erase(0, path.find_first_not_of(' '));
+      auto dash = range.find('-');
+      if (dash == std::string::npos) continue;
+      uint64_t start = std::strtoull(range.substr(0, dash).c_str(), nullptr, 16);
+      uint64_t end = std::strtoull(range.substr(dash + 1).c_str(), nullptr, 16);
+      count++;
+      bytes += end - start;
+      h = fnv1a(range + " " + perms + " " + path + "\n", h);
+    }
+  }
+  return Json{{"count", count}, {"bytes", bytes}, {"hash", hex64(h)}};
+}
+
+}  // namespace
+
+Json processDigest(int onlyTreeOf) {
+  std::map<int, Stat> stats;
+  for (int pid : numericEntries("/proc")) {
+    Stat st;
+    if (readStat(pid, st)) stats[pid] = st;
+  }
+  auto inTree = [&](int pid) {
+    if (onlyTreeOf <= 0) return true;
+    for (int p = pid, hops = 0; p > 0 && hops < 4096; ++hops) {
+      if (p == onlyTreeOf) return true;
+      auto it = stats.find(p);
+      if (it == stats.end()) return false;
+      p = it->second.ppid;
+    }
+    return false;
+  };
+  Json procs = Json::array();
+  for (auto& [pid, st] : stats) {
+    if (!inTree(pid)) continue;
+    std::string base = "/proc/" + std::to_string(pid);
+    Json p{{"pid", pid}, {"ppid", st.ppid}, {"name", st.name}, {"state", std::string(1, st.state)}};
+    std::string cmd;
+    Json argv = Json::array();
+    if (readText(base + "/cmdline", cmd)) {
+      size_t at = 0;
+      while (at < cmd.size()) {
+        size_t z = cmd.find('\0', at);
+        if (z == std::string::npos) z = cmd.size();
+        argv.push_back(cmd.substr(at, z - at));
+        at = z + 1;
+      }
+    }
+    p["cmdline"] = argv;
+    Json fds = Json::array();
+    for (int fd : numericEntries(base + "/fd"))
+      if (Json f = fdInfo(base, fd); !f.is_null()) fds.push_back(std::move(f));
+    p["fds"] = fds;
+    p["maps"] = mapsSummary(base);
+    p["cwd"] = readLink(base + "/cwd");
+    std::string limits;
+    p["limits_hash"] = readText(base + "/limits", limits) ? hex64(fnv1a(limits)) : "";
+    procs.push_back(std::move(p));
+  }
+  return procs;
+}
+
+}  // namespace agent
