@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -99,13 +101,43 @@ bool setIfAddr(int sock, const char* ifname, unsigned long req, const char* addr
   return ::ioctl(sock, req, &ifr) == 0;
 }
 
-// QEMU user networking: the guest is 10.0.2.15/24, the gateway (and hostfwd source) 10.0.2.2.
+// Value of `key=` on the kernel command line (the VM runtime passes crbench.net= and
+// crbench.modules=), or `fallback`.
+std::string kernelParam(const std::string& key, const std::string& fallback) {
+  std::string cmdline;
+  if (!readText("/proc/cmdline", cmdline)) return fallback;
+  std::istringstream ss(cmdline);
+  std::string word;
+  while (ss >> word)
+    if (word.rfind(key + "=", 0) == 0) return word.substr(key.size() + 1);
+  return fallback;
+}
+
+std::string prefixToMask(int bits) {
+  uint32_t m = bits <= 0 ? 0 : bits >= 32 ? 0xffffffffu : ~((1u << (32 - bits)) - 1);
+  char b[32];
+  std::snprintf(b, sizeof b, "%u.%u.%u.%u", m >> 24, (m >> 16) & 255, (m >> 8) & 255, m & 255);
+  return b;
+}
+
+// QEMU user networking by default: the guest is 10.0.2.15/24, the gateway (and hostfwd source)
+// 10.0.2.2; crbench.net=ADDR/PREFIX,GATEWAY on the kernel command line overrides it.
 void setupGuestNetwork() {
+  std::string net = kernelParam("crbench.net", "10.0.2.15/24,10.0.2.2");
+  std::string addr = "10.0.2.15", gateway = "10.0.2.2";
+  int prefix = 24;
+  auto comma = net.find(',');
+  std::string cidr = net.substr(0, comma);
+  if (comma != std::string::npos) gateway = net.substr(comma + 1);
+  auto slash = cidr.find('/');
+  addr = cidr.substr(0, slash);
+  if (slash != std::string::npos) prefix = std::atoi(cidr.c_str() + slash + 1);
+  std::string mask = prefixToMask(prefix);
   // virtio_net probes asynchronously after insmod; give it a moment to register eth0.
   for (int i = 0; i < 500 && ::access("/sys/class/net/eth0", F_OK) != 0; ++i) ::usleep(10000);
   int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) return;
-  if (!setIfAddr(s, "eth0", SIOCSIFADDR, "10.0.2.15") || !setIfAddr(s, "eth0", SIOCSIFNETMASK, "255.255.255.0") ||
+  if (!setIfAddr(s, "eth0", SIOCSIFADDR, addr.c_str()) || !setIfAddr(s, "eth0", SIOCSIFNETMASK, mask.c_str()) ||
       !setIfFlags(s, "eth0", IFF_UP | IFF_RUNNING)) {
     logf("eth0: configuration failed: %s (is virtio_net loaded?)", std::strerror(errno));
     ::close(s);
@@ -114,13 +146,13 @@ void setupGuestNetwork() {
   rtentry rt{};
   auto* dst = reinterpret_cast<sockaddr_in*>(&rt.rt_dst);
   auto* gw = reinterpret_cast<sockaddr_in*>(&rt.rt_gateway);
-  auto* mask = reinterpret_cast<sockaddr_in*>(&rt.rt_genmask);
-  dst->sin_family = gw->sin_family = mask->sin_family = AF_INET;
-  ::inet_pton(AF_INET, "10.0.2.2", &gw->sin_addr);
+  auto* genmask = reinterpret_cast<sockaddr_in*>(&rt.rt_genmask);
+  dst->sin_family = gw->sin_family = genmask->sin_family = AF_INET;
+  ::inet_pton(AF_INET, gateway.c_str(), &gw->sin_addr);
   rt.rt_flags = RTF_UP | RTF_GATEWAY;
-  if (::ioctl(s, SIOCADDRT, &rt) != 0 && errno != EEXIST) logf("default route via 10.0.2.2: %s", std::strerror(errno));
+  if (::ioctl(s, SIOCADDRT, &rt) != 0 && errno != EEXIST) logf("default route via %s: %s", gateway.c_str(), std::strerror(errno));
   ::close(s);
-  logf("eth0: 10.0.2.15/24 via 10.0.2.2");
+  logf("eth0: %s/%d via %s", addr.c_str(), prefix, gateway.c_str());
 }
 
 }  // namespace
@@ -167,7 +199,7 @@ void setupVm() {
   mountIfMissing(have, "shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
   mountIfMissing(have, "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
   mountIfMissing(have, "tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
-  loadModules("/etc/crbench/modules.list");
+  loadModules(kernelParam("crbench.modules", "/etc/crbench/modules.list").c_str());
   bringUpLoopback();
   setupGuestNetwork();
 }
