@@ -52,6 +52,7 @@ struct Program {
   int starts = 0;
   int lastStatus = -1;  // wait status of the last exit, -1 = never exited
   std::string error;    // why it could not start
+  int execFd = -1;      // exec handshake pipe, open until the exec succeeded or failed
 };
 
 struct Conn {
@@ -64,8 +65,9 @@ struct Conn {
 
 struct Job {
   pid_t pid = -1;
-  int outFd = -1, errFd = -1;
-  std::string out, err;
+  int outFd = -1, errFd = -1, execFd = -1;
+  std::string out, err, execError;
+  std::string program;  // argv[0], for error messages
   bool outTruncated = false, errTruncated = false;
   bool exited = false, timedOut = false;
   int status = 0;
@@ -86,7 +88,8 @@ class Agent {
   void buildEnv();
   std::vector<std::string> envFor(const std::map<std::string, std::string>& extra) const;
   pid_t spawn(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env, int outFd,
-              int errFd, std::string& error);
+              int errFd, int& execFd, std::string& error);
+  void readExecStatus(int& execFd, std::string& error, const std::string& program);
   void startDuePrograms(int64_t now);
   void reap();
   void onExit(pid_t pid, int status);
@@ -196,7 +199,7 @@ std::vector<std::string> Agent::envFor(const std::map<std::string, std::string>&
 }
 
 pid_t Agent::spawn(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env, int outFd,
-                   int errFd, std::string& error) {
+                   int errFd, int& execFd, std::string& error) {
   std::vector<std::string> envs = envFor(env);
   std::vector<char*> av, ev;
   for (auto& a : argv) av.push_back(const_cast<char*>(a.c_str()));
@@ -204,7 +207,8 @@ pid_t Agent::spawn(const std::vector<std::string>& argv, const std::map<std::str
   for (auto& e : envs) ev.push_back(const_cast<char*>(e.c_str()));
   ev.push_back(nullptr);
   // The exec error travels back over a CLOEXEC pipe so a missing binary is reported to the caller
-  // instead of as an anonymous exit 127.
+  // instead of as an anonymous exit 127. The loop reads it like any other fd: waiting here for the
+  // exec would stall the echo for the whole fork+exec (tens of ms under TCG).
   int errPipe[2];
   if (::pipe2(errPipe, O_CLOEXEC) != 0) {
     error = std::string("pipe: ") + std::strerror(errno);
@@ -237,18 +241,19 @@ pid_t Agent::spawn(const std::vector<std::string>& argv, const std::map<std::str
     ::_exit(127);
   }
   ::close(errPipe[1]);
-  int childErr = 0;
-  // Returns at once: either the exec closed the pipe (CLOEXEC) or the child wrote errno.
-  ssize_t n;
-  do n = ::read(errPipe[0], &childErr, sizeof childErr);
-  while (n < 0 && errno == EINTR);
-  ::close(errPipe[0]);
-  if (n == sizeof childErr) {
-    error = "exec " + argv[0] + ": " + std::strerror(childErr);
-    ::waitpid(pid, nullptr, 0);  // it has already exited
-    return -1;
-  }
+  setNonBlocking(errPipe[0]);
+  execFd = errPipe[0];
   return pid;
+}
+
+// EOF: the exec succeeded (CLOEXEC closed the pipe); an int: the child's errno from execvpe.
+void Agent::readExecStatus(int& execFd, std::string& error, const std::string& program) {
+  int childErr = 0;
+  ssize_t n = ::read(execFd, &childErr, sizeof childErr);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (n == sizeof childErr) error = "exec " + program + ": " + std::strerror(childErr);
+  ::close(execFd);
+  execFd = -1;
 }
 
 void Agent::startDuePrograms(int64_t now) {
@@ -256,7 +261,7 @@ void Agent::startDuePrograms(int64_t now) {
   for (auto& p : programs_) {
     if (p.pid > 0 || p.startAtNs == 0 || p.startAtNs > now) continue;
     p.startAtNs = 0;
-    p.pid = spawn(p.argv, p.env, -1, -1, p.error);
+    p.pid = spawn(p.argv, p.env, -1, -1, p.execFd, p.error);
     if (p.pid < 0) {
       logf("program %s: %s", p.name.c_str(), p.error.c_str());
       if (p.restart) p.startAtNs = now + kRestartBackoffNs;
@@ -479,7 +484,8 @@ bool Agent::startJob(Conn& c, const std::vector<std::string>& argv, const std::m
   }
   std::string spawnError;
   int64_t startNs = monoNs();
-  pid_t pid = spawn(argv, env, out[1], err[1], spawnError);
+  int execFd = -1;
+  pid_t pid = spawn(argv, env, out[1], err[1], execFd, spawnError);
   ::close(out[1]), ::close(err[1]);
   if (pid < 0) {
     ::close(out[0]), ::close(err[0]);
@@ -492,6 +498,8 @@ bool Agent::startJob(Conn& c, const std::vector<std::string>& argv, const std::m
   j.pid = pid;
   j.outFd = out[0];
   j.errFd = err[0];
+  j.execFd = execFd;
+  j.program = argv[0];
   j.startNs = startNs;
   j.deadlineNs = j.startNs + timeoutMs * kMs;
   j.connId = c.id;
@@ -537,19 +545,24 @@ void Agent::finishJobs(int64_t now) {
       ::kill(j.pid, SIGKILL);
     }
     // A timed-out job's grandchildren may hold the pipes open: do not wait for EOF then.
-    bool pipesDone = (j.outFd < 0 && j.errFd < 0) || j.timedOut;
+    bool pipesDone = (j.outFd < 0 && j.errFd < 0 && j.execFd < 0) || j.timedOut;
     if (!(j.exited && pipesDone)) {
       ++it;
       continue;
     }
     if (j.outFd >= 0) ::close(j.outFd);
     if (j.errFd >= 0) ::close(j.errFd);
+    if (j.execFd >= 0) ::close(j.execFd);
     Json r;
-    if (j.isDigest) {
+    if (!j.execError.empty() && !j.isDigest) {
+      r = error(j.execError);
+    } else if (j.isDigest) {
       r = std::move(j.partial);
       r["workload"] = j.out;
       r["workload_exit"] = WIFEXITED(j.status) ? Json(WEXITSTATUS(j.status)) : Json(nullptr);
       if (j.timedOut) r["workload_error"] = "digest command timed out after 10 s";
+      else if (!j.execError.empty())
+        r["workload_error"] = j.execError;
       else if (!(WIFEXITED(j.status) && WEXITSTATUS(j.status) == 0))
         r["workload_error"] = describeStatus(j.status) + ": " + j.err.substr(0, 2000);
       r["wall_ns"] = wallNs();
@@ -631,7 +644,10 @@ int Agent::run() {
     for (auto& j : jobs_) {
       if (j.outFd >= 0) pfds.push_back({j.outFd, POLLIN, 0});
       if (j.errFd >= 0) pfds.push_back({j.errFd, POLLIN, 0});
+      if (j.execFd >= 0) pfds.push_back({j.execFd, POLLIN, 0});
     }
+    for (auto& p : programs_)
+      if (p.execFd >= 0) pfds.push_back({p.execFd, POLLIN, 0});
     int timeoutMs = static_cast<int>(std::max<int64_t>(0, (next - now + kMs - 1) / kMs));
     int n = ::poll(pfds.data(), pfds.size(), timeoutMs);
     if (n < 0 && errno != EINTR) {
@@ -663,7 +679,13 @@ int Agent::run() {
     for (auto& j : jobs_) {
       if (j.outFd >= 0 && ready.count(j.outFd)) readJob(j, j.outFd);
       if (j.errFd >= 0 && ready.count(j.errFd)) readJob(j, j.errFd);
+      if (j.execFd >= 0 && ready.count(j.execFd)) readExecStatus(j.execFd, j.execError, j.program);
     }
+    for (auto& p : programs_)
+      if (p.execFd >= 0 && ready.count(p.execFd)) {
+        readExecStatus(p.execFd, p.error, p.argv[0]);
+        if (!p.error.empty()) logf("program %s: %s", p.name.c_str(), p.error.c_str());
+      }
   }
   logf("stopped");
   return 0;

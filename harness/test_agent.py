@@ -47,6 +47,8 @@ class Agent:
                  "env": {}, "restart_on_exit": False, "start_delay_s": 0},
                 {"name": "flaky", "argv": ["sh", "-c", "exit 3"], "env": {}, "restart_on_exit": False,
                  "start_delay_s": 0},
+                {"name": "missing", "argv": ["/nonexistent/prog"], "env": {}, "restart_on_exit": False,
+                 "start_delay_s": 0},
             ],
             "digest": [str(COUNTER), "--read", str(self.state)],
         }))
@@ -100,6 +102,10 @@ def test_ping_status_and_supervision(agent):
     progs = {p["name"]: p for p in agent.call({"op": "status"})["programs"]}
     assert progs["counter"]["running"] and progs["counter"]["pid"] > 0
     assert progs["flaky"]["exit"] == 3 and progs["flaky"]["last_exit"] == "exit 3"
+    agent.wait_for("missing to be reported", lambda: "error" in next(
+        p for p in agent.call({"op": "status"})["programs"] if p["name"] == "missing"))
+    missing = next(p for p in agent.call({"op": "status"})["programs"] if p["name"] == "missing")
+    assert "exec /nonexistent/prog: No such file" in missing["error"], missing
 
 
 def test_digest(agent):
