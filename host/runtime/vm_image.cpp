@@ -21,10 +21,6 @@
 
 namespace crb {
 
-// The workload image builder lives in host/image/ (another part of the tree). Declared weak so this
-// file links while that part is being written; prepareVmBootFiles reports its absence clearly.
-Result<WorkloadImage> buildWorkloadImage(const Scenario& scenario) __attribute__((weak));
-
 namespace {
 
 // Bump when the initramfs layout changes so stale cache entries are not reused.
@@ -332,14 +328,11 @@ Result<VmBootFiles> prepareVmBootFiles(const Scenario& scenario) {
   if (const char* r = std::getenv("CRBENCH_VM_ROOTFS"); r && *r) {
     // Test hook / expert override: boot a prepared rootfs instead of building the workload image.
     rootfs = r;
-    if (!fs::exists(rootfs / "init"))
+    if (!fs::exists(fs::symlink_status(rootfs / "init")))
       return makeError(fmt::format("$CRBENCH_VM_ROOTFS {} has no /init", rootfs.string()),
                        "point it at a rootfs whose /init is the guest agent");
     bf.imageHash = "rootfs:" + treeFingerprint(rootfs);
   } else {
-    if (!buildWorkloadImage)
-      return makeError("the workload image builder (host/image) is not built into this crbench",
-                       "build a tree that includes host/image/image.cpp, or set $CRBENCH_VM_ROOTFS");
     CRB_ASSIGN(WorkloadImage img, buildWorkloadImage(scenario));
     rootfs = img.rootfs;
     bf.imageHash = img.hash;
