@@ -24,24 +24,27 @@ std::string kvmModule() {
 
 std::string describeExit(const VcpuExit& e) {
   std::string s = "exit " + e.name;
-  if (e.reason == KVM_EXIT_IO) s += fmt::format(" port 0x{:x} value 0x{:02x}", e.ioPort, e.ioValue);
-  else if (!e.detail.empty()) s += " " + e.detail.dump();
+  if (e.reason == KVM_EXIT_IO)
+    s += fmt::format(" port 0x{:x} value 0x{:02x}", e.ioPort, e.ioValue);
+  else if (!e.detail.empty())
+    s += " " + e.detail.dump();
   return s;
 }
 
 // Guest code slower than this per loop iteration (dec + jnz) is being emulated, not executed: on
 // hardware KVM the loop takes about 0.3-1 ns an iteration and under QEMU's TCG a few ns, while
-// kvm_pvm runs a non-PVM supervisor guest in its instruction emulator at several hundred ns (measured
-// ~550 ns here; QEMU -accel kvm with Debian's stock kernel then sat in the decompressor for minutes).
-// The limit sits in the three-orders-of-magnitude gap, so load on the host cannot flip the answer.
+// kvm_pvm runs a non-PVM supervisor guest in its instruction emulator at several hundred ns
+// (measured ~550 ns here; QEMU -accel kvm with Debian's stock kernel then sat in the decompressor
+// for minutes). The limit sits in the three-orders-of-magnitude gap, so load on the host cannot
+// flip the answer.
 constexpr double kEmulatedNsPerIteration = 20.0;
 constexpr uint32_t kLoopIterations = 50000;
 
 // Runs `code` in a fresh VM in `mode`; returns "" when it gave io(0x10, 0x42) then hlt, else why
 // not. With `timed`, repeats the first KVM_RUN three times and records the fastest in
 // stage["ns_per_iteration"].
-std::string runStage(const std::string& path, MiniVm::Mode mode, const std::vector<uint8_t>& code, bool timed,
-                     Json& stage) {
+std::string runStage(const std::string& path, MiniVm::Mode mode, const std::vector<uint8_t>& code,
+                     bool timed, Json& stage) {
   auto vm = MiniVm::create(path);
   if (!vm) return vm.error().message;
   Json exits = Json::array();
@@ -51,31 +54,35 @@ std::string runStage(const std::string& path, MiniVm::Mode mode, const std::vect
     if (!loaded) return loaded.error().message;
     auto t0 = std::chrono::steady_clock::now();
     auto first = vm->run();
-    double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+    double ns =
+        std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
     if (!first) return "KVM_RUN: " + first.error().message;
     if (attempt == 0) {
       exits.push_back({{"reason", first->name}, {"detail", first->detail}});
       stage["exits"] = exits;
     }
-    if (first->reason != KVM_EXIT_IO || !first->ioOut || first->ioPort != kProbePort || first->ioValue != kProbeValue)
-      return fmt::format("KVM_RUN gave {} instead of io out port 0x{:x} value 0x{:02x}", describeExit(*first),
-                         kProbePort, kProbeValue);
+    if (first->reason != KVM_EXIT_IO || !first->ioOut || first->ioPort != kProbePort ||
+        first->ioValue != kProbeValue)
+      return fmt::format("KVM_RUN gave {} instead of io out port 0x{:x} value 0x{:02x}",
+                         describeExit(*first), kProbePort, kProbeValue);
     if (bestNs < 0 || ns < bestNs) bestNs = ns;
   }
   auto second = vm->run();
   if (!second) return "KVM_RUN: " + second.error().message;
   exits.push_back({{"reason", second->name}, {"detail", second->detail}});
   stage["exits"] = exits;
-  if (second->reason != KVM_EXIT_HLT) return "KVM_RUN gave " + describeExit(*second) + " instead of hlt";
+  if (second->reason != KVM_EXIT_HLT)
+    return "KVM_RUN gave " + describeExit(*second) + " instead of hlt";
   if (timed) {
     double perIteration = bestNs / kLoopIterations;
     stage["loop_iterations"] = kLoopIterations;
     stage["ns_per_iteration"] = perIteration;
     stage["emulated_limit_ns"] = kEmulatedNsPerIteration;
     if (perIteration > kEmulatedNsPerIteration)
-      return fmt::format("guest code is emulated, not run natively: {:.0f} ns per loop iteration, hardware KVM "
-                         "needs about 1 ns (limit {:.0f})",
-                         perIteration, kEmulatedNsPerIteration);
+      return fmt::format(
+          "guest code is emulated, not run natively: {:.0f} ns per loop iteration, hardware KVM "
+          "needs about 1 ns (limit {:.0f})",
+          perIteration, kEmulatedNsPerIteration);
   }
   return "";
 }
@@ -89,8 +96,9 @@ KvmProbe probeKvm(const std::string& path) {
   // Prefix failures with the module when it is PVM: that is the cause, not the symptom.
   auto fail = [&](const std::string& why) {
     p.usable = false;
-    p.reason = module == "kvm_pvm" ? "kvm_pvm loaded: " + path + " cannot run a standard guest (" + why + ")"
-                                   : path + " is not usable (" + why + ")";
+    p.reason = module == "kvm_pvm"
+                   ? "kvm_pvm loaded: " + path + " cannot run a standard guest (" + why + ")"
+                   : path + " is not usable (" + why + ")";
     p.details["failure"] = why;
     return p;
   };
@@ -109,11 +117,16 @@ KvmProbe probeKvm(const std::string& path) {
   p.details["api_version"] = vm->apiVersion();
   Json caps = Json::object();
   const std::pair<const char*, long> capList[] = {
-      {"user_memory", KVM_CAP_USER_MEMORY}, {"nr_vcpus", KVM_CAP_NR_VCPUS},
-      {"max_vcpus", KVM_CAP_MAX_VCPUS},     {"irqchip", KVM_CAP_IRQCHIP},
-      {"set_tss_addr", KVM_CAP_SET_TSS_ADDR}, {"ext_cpuid", KVM_CAP_EXT_CPUID},
-      {"immediate_exit", KVM_CAP_IMMEDIATE_EXIT}, {"dirty_log_ring", KVM_CAP_DIRTY_LOG_RING},
-      {"manual_dirty_log_protect2", KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2}, {"sync_regs", KVM_CAP_SYNC_REGS}};
+      {"user_memory", KVM_CAP_USER_MEMORY},
+      {"nr_vcpus", KVM_CAP_NR_VCPUS},
+      {"max_vcpus", KVM_CAP_MAX_VCPUS},
+      {"irqchip", KVM_CAP_IRQCHIP},
+      {"set_tss_addr", KVM_CAP_SET_TSS_ADDR},
+      {"ext_cpuid", KVM_CAP_EXT_CPUID},
+      {"immediate_exit", KVM_CAP_IMMEDIATE_EXIT},
+      {"dirty_log_ring", KVM_CAP_DIRTY_LOG_RING},
+      {"manual_dirty_log_protect2", KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2},
+      {"sync_regs", KVM_CAP_SYNC_REGS}};
   for (auto& [name, cap] : capList) caps[name] = vm->extension(cap);
   p.details["caps"] = caps;
   if (!vm->setupNotes().empty()) p.details["setup_notes"] = vm->setupNotes();
@@ -129,8 +142,9 @@ KvmProbe probeKvm(const std::string& path) {
     const std::vector<uint8_t>* code;
     bool timed;
   };
-  for (const Stage& st : {Stage{"real_mode", "real-mode", MiniVm::Mode::Real, &kProbeCode, false},
-                          Stage{"long_mode", "64-bit supervisor", MiniVm::Mode::Long64, &loop, true}}) {
+  for (const Stage& st :
+       {Stage{"real_mode", "real-mode", MiniVm::Mode::Real, &kProbeCode, false},
+        Stage{"long_mode", "64-bit supervisor", MiniVm::Mode::Long64, &loop, true}}) {
     Json stage = Json::object();
     std::string why = runStage(path, st.mode, *st.code, st.timed, stage);
     stage["ok"] = why.empty();
@@ -140,10 +154,11 @@ KvmProbe probeKvm(const std::string& path) {
   }
 
   p.usable = true;
-  p.reason = fmt::format("{} runs real-mode and 64-bit supervisor test guests natively ({:.1f} ns per loop "
-                         "iteration){}",
-                         path, stages["long_mode"]["ns_per_iteration"].get<double>(),
-                         module.empty() ? "" : " with " + module);
+  p.reason = fmt::format(
+      "{} runs real-mode and 64-bit supervisor test guests natively ({:.1f} ns per loop "
+      "iteration){}",
+      path, stages["long_mode"]["ns_per_iteration"].get<double>(),
+      module.empty() ? "" : " with " + module);
   return p;
 }
 
@@ -171,7 +186,8 @@ AccelChoice chooseAccelerator() {
   }
   if (!forced.empty()) {
     c.details["ignored_env"] = "CRBENCH_ACCEL=" + forced;
-    spdlog::warn("CRBENCH_ACCEL='{}' is neither 'kvm' nor 'tcg'; ignoring it and using the probe", forced);
+    spdlog::warn("CRBENCH_ACCEL='{}' is neither 'kvm' nor 'tcg'; ignoring it and using the probe",
+                 forced);
   }
   c.accel = probe.usable ? "kvm" : "tcg";
   c.reason = probe.usable ? probe.reason : "TCG because " + probe.reason;

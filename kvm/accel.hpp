@@ -1,7 +1,8 @@
 #pragma once
 // Which QEMU accelerator this host can really use. /dev/kvm existing is not enough: on a host
 // whose /dev/kvm comes from kvm_pvm (Pagetable-based VM, nested without hardware virtualisation)
-// only PVM-enabled guest kernels run, so the probe runs a tiny real-mode guest and trusts only that.
+// only PVM-enabled guest kernels run, so the probe runs a tiny real-mode guest and trusts only
+// that.
 #include <string>
 
 #include "core/json.hpp"
@@ -10,8 +11,8 @@ namespace crb::kvm {
 
 // Result of probing one KVM device.
 struct KvmProbe {
-  bool usable = false;   // a standard real-mode guest ran to the expected exits
-  std::string reason;    // why (not) usable, one line
+  bool usable = false;            // a standard real-mode guest ran to the expected exits
+  std::string reason;             // why (not) usable, one line
   Json details = Json::object();  // device, api version, caps, module, run exits ...
 };
 
@@ -23,8 +24,8 @@ KvmProbe probeKvm(const std::string& path = "/dev/kvm");
 namespace crb {
 
 struct AccelChoice {
-  std::string accel;   // "kvm" or "tcg"
-  std::string reason;  // one line a user can act on
+  std::string accel;              // "kvm" or "tcg"
+  std::string reason;             // one line a user can act on
   Json details = Json::object();  // the probe's details; "forced" when $CRBENCH_ACCEL decided
   bool forced = false;
 };

@@ -11,7 +11,9 @@
 
 namespace crb {
 namespace {
-bool haveKvm() { return ::access("/dev/kvm", R_OK | W_OK) == 0; }
+bool haveKvm() {
+  return ::access("/dev/kvm", R_OK | W_OK) == 0;
+}
 
 // Restores $CRBENCH_ACCEL when a test that sets it ends.
 class AccelEnv {
@@ -20,8 +22,10 @@ class AccelEnv {
     if (const char* v = std::getenv("CRBENCH_ACCEL")) saved_ = v, had_ = true;
   }
   ~AccelEnv() {
-    if (had_) ::setenv("CRBENCH_ACCEL", saved_.c_str(), 1);
-    else ::unsetenv("CRBENCH_ACCEL");
+    if (had_)
+      ::setenv("CRBENCH_ACCEL", saved_.c_str(), 1);
+    else
+      ::unsetenv("CRBENCH_ACCEL");
   }
 
  private:
@@ -65,7 +69,8 @@ TEST(KvmProbe, RealDeviceEitherRunsTheGuestOrSaysWhy) {
 }
 
 // Drives MiniVm directly in each mode in which the probe's guest reached hlt (fast or emulated), so
-// the VMM itself is covered (exit decoding, register set-up) and not only through probeKvm's summary.
+// the VMM itself is covered (exit decoding, register set-up) and not only through probeKvm's
+// summary.
 TEST(MiniVm, RunsProbeCodeInEveryWorkingMode) {
   if (!haveKvm()) GTEST_SKIP() << "no usable /dev/kvm on this host";
   auto probe = kvm::probeKvm();

@@ -17,30 +17,55 @@ namespace crb::kvm {
 
 std::string exitReasonName(uint32_t reason) {
   switch (reason) {
-    case KVM_EXIT_UNKNOWN: return "unknown";
-    case KVM_EXIT_EXCEPTION: return "exception";
-    case KVM_EXIT_IO: return "io";
-    case KVM_EXIT_HYPERCALL: return "hypercall";
-    case KVM_EXIT_DEBUG: return "debug";
-    case KVM_EXIT_HLT: return "hlt";
-    case KVM_EXIT_MMIO: return "mmio";
-    case KVM_EXIT_SHUTDOWN: return "shutdown";
-    case KVM_EXIT_FAIL_ENTRY: return "fail-entry";
-    case KVM_EXIT_INTR: return "intr";
-    case KVM_EXIT_INTERNAL_ERROR: return "internal-error";
-    case KVM_EXIT_SYSTEM_EVENT: return "system-event";
-    default: return "exit-" + std::to_string(reason);
+    case KVM_EXIT_UNKNOWN:
+      return "unknown";
+    case KVM_EXIT_EXCEPTION:
+      return "exception";
+    case KVM_EXIT_IO:
+      return "io";
+    case KVM_EXIT_HYPERCALL:
+      return "hypercall";
+    case KVM_EXIT_DEBUG:
+      return "debug";
+    case KVM_EXIT_HLT:
+      return "hlt";
+    case KVM_EXIT_MMIO:
+      return "mmio";
+    case KVM_EXIT_SHUTDOWN:
+      return "shutdown";
+    case KVM_EXIT_FAIL_ENTRY:
+      return "fail-entry";
+    case KVM_EXIT_INTR:
+      return "intr";
+    case KVM_EXIT_INTERNAL_ERROR:
+      return "internal-error";
+    case KVM_EXIT_SYSTEM_EVENT:
+      return "system-event";
+    default:
+      return "exit-" + std::to_string(reason);
   }
 }
 
 std::vector<uint8_t> loopCode(uint32_t n) {
-  return {0xb9, uint8_t(n), uint8_t(n >> 8), uint8_t(n >> 16), uint8_t(n >> 24),  // mov ecx, n
-          0xff, 0xc9,                                                            // dec ecx
-          0x75, 0xfc,                                                            // jnz -4
-          0xb0, kProbeValue, 0xe6, uint8_t(kProbePort), 0xf4};                   // mov al; out; hlt
+  return {0xb9,
+          uint8_t(n),
+          uint8_t(n >> 8),
+          uint8_t(n >> 16),
+          uint8_t(n >> 24),  // mov ecx, n
+          0xff,
+          0xc9,  // dec ecx
+          0x75,
+          0xfc,  // jnz -4
+          0xb0,
+          kProbeValue,
+          0xe6,
+          uint8_t(kProbePort),
+          0xf4};  // mov al; out; hlt
 }
 
-MiniVm::MiniVm(MiniVm&& o) noexcept { *this = std::move(o); }
+MiniVm::MiniVm(MiniVm&& o) noexcept {
+  *this = std::move(o);
+}
 
 MiniVm& MiniVm::operator=(MiniVm&& o) noexcept {
   if (this == &o) return *this;
@@ -74,8 +99,8 @@ Result<MiniVm> MiniVm::create(const std::string& kvmPath) {
   if (!m.sys_.valid()) return sysError("open " + kvmPath, errno);
   m.apiVersion_ = ::ioctl(m.sys_.get(), KVM_GET_API_VERSION, 0);
   if (m.apiVersion_ != KVM_API_VERSION)
-    return makeError(fmt::format("{}: KVM_GET_API_VERSION returned {}, expected {}", kvmPath, m.apiVersion_,
-                                 KVM_API_VERSION));
+    return makeError(fmt::format("{}: KVM_GET_API_VERSION returned {}, expected {}", kvmPath,
+                                 m.apiVersion_, KVM_API_VERSION));
   m.vm_.reset(::ioctl(m.sys_.get(), KVM_CREATE_VM, 0UL));
   if (!m.vm_.valid()) return sysError("KVM_CREATE_VM", errno);
 
@@ -84,7 +109,8 @@ Result<MiniVm> MiniVm::create(const std::string& kvmPath) {
   if (::ioctl(m.vm_.get(), KVM_SET_TSS_ADDR, 0xfffbd000UL) < 0)
     m.notes_["set_tss_addr"] = std::string(std::strerror(errno));
 
-  void* mem = ::mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* mem = ::mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) return sysError("mmap guest memory", errno);
   m.mem_ = static_cast<uint8_t*>(mem);
   kvm_userspace_memory_region region{};
@@ -99,7 +125,8 @@ Result<MiniVm> MiniVm::create(const std::string& kvmPath) {
   if (!m.vcpu_.valid()) return sysError("KVM_CREATE_VCPU", errno);
   int runSize = ::ioctl(m.sys_.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
   if (runSize <= 0) return sysError("KVM_GET_VCPU_MMAP_SIZE", errno);
-  void* run = ::mmap(nullptr, static_cast<size_t>(runSize), PROT_READ | PROT_WRITE, MAP_SHARED, m.vcpu_.get(), 0);
+  void* run = ::mmap(nullptr, static_cast<size_t>(runSize), PROT_READ | PROT_WRITE, MAP_SHARED,
+                     m.vcpu_.get(), 0);
   if (run == MAP_FAILED) return sysError("mmap kvm_run", errno);
   m.run_ = run;
   m.runSize_ = static_cast<size_t>(runSize);
@@ -107,7 +134,8 @@ Result<MiniVm> MiniVm::create(const std::string& kvmPath) {
 }
 
 Status MiniVm::load(const std::vector<uint8_t>& code, Mode mode) {
-  if (kCodeAddr + code.size() > kPageTables) return makeError("guest code does not fit below the page tables");
+  if (kCodeAddr + code.size() > kPageTables)
+    return makeError("guest code does not fit below the page tables");
   std::memcpy(mem_ + kCodeAddr, code.data(), code.size());
 
   kvm_sregs sregs{};
@@ -129,9 +157,9 @@ Status MiniVm::load(const std::vector<uint8_t>& code, Mode mode) {
     pdpt[0] = (kPageTables + 0x2000) | kPresentRw;
     pd[0] = 0 | kPresentRw | kPageSize;
     sregs.cr3 = kPageTables;
-    sregs.cr4 = 1u << 5;                        // PAE
-    sregs.cr0 = 0x80050033;                     // PG WP AM NE ET MP PE
-    sregs.efer = (1u << 8) | (1u << 10);        // LME LMA
+    sregs.cr4 = 1u << 5;                  // PAE
+    sregs.cr0 = 0x80050033;               // PG WP AM NE ET MP PE
+    sregs.efer = (1u << 8) | (1u << 10);  // LME LMA
     kvm_segment seg{};
     seg.base = 0;
     seg.limit = 0xffffffff;
@@ -212,7 +240,8 @@ Result<VcpuExit> MiniVm::run(int timeoutMs) {
   }
   if (rc < 0) {
     if (err == EINTR)
-      return makeError(fmt::format("KVM_RUN did not return within {} ms (the guest never exited)", timeoutMs));
+      return makeError(
+          fmt::format("KVM_RUN did not return within {} ms (the guest never exited)", timeoutMs));
     return sysError("KVM_RUN", err);
   }
   VcpuExit e;

@@ -1,9 +1,10 @@
 #pragma once
 // A minimal KVM VMM: one memory slot, one vCPU, a few bytes of code, run in real mode or in 64-bit
 // long mode with supervisor paging. It exists to answer "can this /dev/kvm run a standard
-// (non-paravirtualised) guest?" by running the two CPU modes a stock kernel boots through. Real mode
-// alone is not enough: kvm_pvm emulates it, but a stock kernel hangs once it enables paging in
-// long mode at CPL 0 (seen with QEMU -accel kvm: SeaBIOS and the real-mode setup print, then nothing).
+// (non-paravirtualised) guest?" by running the two CPU modes a stock kernel boots through. Real
+// mode alone is not enough: kvm_pvm emulates it, but a stock kernel hangs once it enables paging in
+// long mode at CPL 0 (seen with QEMU -accel kvm: SeaBIOS and the real-mode setup print, then
+// nothing).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -16,10 +17,10 @@ namespace crb::kvm {
 
 // What one KVM_RUN returned.
 struct VcpuExit {
-  uint32_t reason = 0;    // KVM_EXIT_*
-  std::string name;       // "io", "hlt", "internal-error" ...
-  uint16_t ioPort = 0;    // for KVM_EXIT_IO
-  uint8_t ioValue = 0;    // first byte written, for KVM_EXIT_IO out
+  uint32_t reason = 0;  // KVM_EXIT_*
+  std::string name;     // "io", "hlt", "internal-error" ...
+  uint16_t ioPort = 0;  // for KVM_EXIT_IO
+  uint8_t ioValue = 0;  // first byte written, for KVM_EXIT_IO out
   bool ioOut = false;
   Json detail = Json::object();  // fail_entry / internal error codes
 };

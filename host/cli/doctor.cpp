@@ -18,8 +18,9 @@ std::function<int()> setupDoctor(CLI::App& app, GlobalOptions& global) {
   };
 }
 }  // namespace
-CRB_REGISTER_COMMAND(doctor, "doctor",
-                     "what this host can measure and why not: accelerator, QEMU, namespaces, freezer, "
-                     "PAGEMAP_SCAN, userfaultfd, libvirt, every engine's capabilities",
-                     setupDoctor);
+CRB_REGISTER_COMMAND(
+    doctor, "doctor",
+    "what this host can measure and why not: accelerator, QEMU, namespaces, freezer, "
+    "PAGEMAP_SCAN, userfaultfd, libvirt, every engine's capabilities",
+    setupDoctor);
 }  // namespace crb

@@ -38,7 +38,9 @@ std::string trim(std::string s) {
   return s.substr(i);
 }
 
-std::string firstLine(const std::string& s) { return trim(s.substr(0, s.find('\n'))); }
+std::string firstLine(const std::string& s) {
+  return trim(s.substr(0, s.find('\n')));
+}
 
 // "key: value" lines (/proc/cpuinfo, /proc/meminfo); first occurrence wins.
 std::string procField(const std::string& file, const std::string& key) {
@@ -82,7 +84,7 @@ constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
 
 // Bits of uffdio_api.features (include/uapi/linux/userfaultfd.h, 6.7), named here because the
 // 6.1 headers lack the newer ones.
-constexpr uint64_t kUffdFeatureWp = 1ULL << 0;               // UFFD_FEATURE_PAGEFAULT_FLAG_WP
+constexpr uint64_t kUffdFeatureWp = 1ULL << 0;  // UFFD_FEATURE_PAGEFAULT_FLAG_WP
 constexpr uint64_t kUffdFeatureWpHugetlbfsShmem = 1ULL << 12;
 constexpr uint64_t kUffdFeatureWpUnpopulated = 1ULL << 13;
 constexpr uint64_t kUffdFeatureWpAsync = 1ULL << 15;
@@ -130,7 +132,8 @@ Json hostInfo() {
     while (ss >> f) flags.insert(f);
   }
   Json fl = Json::object();
-  for (const char* f : {"avx512f", "avx2", "vmx", "svm", "hypervisor", "pdpe1gb"}) fl[f] = flags.count(f) > 0;
+  for (const char* f : {"avx512f", "avx2", "vmx", "svm", "hypervisor", "pdpe1gb"})
+    fl[f] = flags.count(f) > 0;
   h["cpu_flags"] = fl;
   h["cores"] = ::sysconf(_SC_NPROCESSORS_ONLN);
   std::string mem = procField("/proc/meminfo", "MemTotal");  // "24576000 kB"
@@ -148,7 +151,8 @@ Json qemuInfo() {
   Json q = {{"available", false}};
   std::string bin = findProgram("qemu-system-x86_64");
   if (bin.empty()) {
-    q["reason"] = "qemu-system-x86_64 not found in PATH (install qemu-system-x86: scripts/setup.sh)";
+    q["reason"] =
+        "qemu-system-x86_64 not found in PATH (install qemu-system-x86: scripts/setup.sh)";
     return q;
   }
   q["binary"] = bin;
@@ -162,7 +166,8 @@ Json qemuInfo() {
   std::string line = firstLine(r->out);  // "QEMU emulator version 10.0.2 (Debian ...)"
   q["version_line"] = line;
   auto pos = line.find("version ");
-  q["version"] = pos == std::string::npos ? line : line.substr(pos + 8, line.find(' ', pos + 8) - pos - 8);
+  q["version"] =
+      pos == std::string::npos ? line : line.substr(pos + 8, line.find(' ', pos + 8) - pos - 8);
   q["available"] = true;
   return q;
 }
@@ -170,9 +175,10 @@ Json qemuInfo() {
 Json namespaceInfo() {
   Json n = Json::object();
   const std::pair<const char*, int> kinds[] = {
-      {"user", CLONE_NEWUSER}, {"pid", CLONE_NEWPID},       {"mnt", CLONE_NEWNS},  {"net", CLONE_NEWNET},
-      {"ipc", CLONE_NEWIPC},   {"uts", CLONE_NEWUTS},       {"cgroup", CLONE_NEWCGROUP},
-      {"time", 0x00000080 /* CLONE_NEWTIME */}};
+      {"user", CLONE_NEWUSER},     {"pid", CLONE_NEWPID},
+      {"mnt", CLONE_NEWNS},        {"net", CLONE_NEWNET},
+      {"ipc", CLONE_NEWIPC},       {"uts", CLONE_NEWUTS},
+      {"cgroup", CLONE_NEWCGROUP}, {"time", 0x00000080 /* CLONE_NEWTIME */}};
   for (auto& [name, flag] : kinds) {
     // In a child: unshare changes the caller, and doctor must leave its own namespaces alone.
     pid_t pid = ::fork();
@@ -186,7 +192,8 @@ Json namespaceInfo() {
       e["available"] = true;
     } else {
       e["available"] = false;
-      e["error"] = fmt::format("unshare(CLONE_NEW{}): {}", name, std::strerror(WEXITSTATUS(status)));
+      e["error"] =
+          fmt::format("unshare(CLONE_NEW{}): {}", name, std::strerror(WEXITSTATUS(status)));
     }
     n[name] = e;
   }
@@ -201,7 +208,8 @@ Json cgroupInfo() {
     std::stringstream ss(line);
     ss >> dev >> mnt >> type >> opts;
     if (type == "cgroup2" && c["v2"].is_null()) c["v2"] = mnt;
-    if (type == "cgroup" && ("," + opts + ",").find(",freezer,") != std::string::npos) c["v1_freezer"] = mnt;
+    if (type == "cgroup" && ("," + opts + ",").find(",freezer,") != std::string::npos)
+      c["v1_freezer"] = mnt;
   }
   if (!c["v1_freezer"].is_null()) {
     c["freezer"] = true;
@@ -252,7 +260,8 @@ Json pagemapScanInfo() {
     return p;
   }
   if (n != 1 || regions[0].start != touched || regions[0].end != touched + page) {
-    p["reason"] = fmt::format("PAGEMAP_SCAN answered but reported {} regions instead of the one touched page", n);
+    p["reason"] = fmt::format(
+        "PAGEMAP_SCAN answered but reported {} regions instead of the one touched page", n);
     return p;
   }
   p["available"] = true;
@@ -265,7 +274,8 @@ Json userfaultfdInfo() {
   int fd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   if (fd < 0 && errno == EPERM) {
     // Unprivileged callers may only handle user-mode faults (vm.unprivileged_userfaultfd=0).
-    fd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | 1 /* UFFD_USER_MODE_ONLY */));
+    fd = static_cast<int>(
+        ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | 1 /* UFFD_USER_MODE_ONLY */));
     u["user_mode_only"] = fd >= 0;
   }
   if (fd < 0) {
@@ -351,7 +361,8 @@ Json engineInfo() {
       e["available"] = false;
       e["unavailable"] = std::string("capabilities() threw: ") + ex.what();
     }
-    e["probe_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    e["probe_seconds"] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     all[name] = e;
   }
   return all;
@@ -378,7 +389,9 @@ std::string str(const Json& j, const char* key, const std::string& dflt = "") {
   if (!j.contains(key) || j[key].is_null()) return dflt;
   return j[key].is_string() ? j[key].get<std::string>() : j[key].dump();
 }
-std::string yesNo(bool b) { return b ? "yes" : "no"; }
+std::string yesNo(bool b) {
+  return b ? "yes" : "no";
+}
 }  // namespace
 
 std::string renderTable(const Json& r) {
@@ -387,38 +400,54 @@ std::string renderTable(const Json& r) {
     out += fmt::format("  {:<16} {:<12} {}\n", what, status, detail);
   };
   const Json& h = r["host"];
-  out += fmt::format("crbench {} (commit {})\n\nhost\n", str(r["crbench"], "version"), str(r["crbench"], "commit"));
+  out += fmt::format("crbench {} (commit {})\n\nhost\n", str(r["crbench"], "version"),
+                     str(r["crbench"], "commit"));
   row("kernel", str(h, "kernel"), str(h, "os"));
   std::string flags;
   for (auto& [k, v] : h["cpu_flags"].items())
     if (v.get<bool>()) flags += (flags.empty() ? "" : " ") + k;
-  row("cpu", fmt::format("{} cores", str(h, "cores")), str(h, "cpu_model") + (flags.empty() ? "" : " [" + flags + "]"));
-  row("memory", str(h, "memory_mib") + " MiB", h["root"].get<bool>() ? "running as root" : "NOT root: privileged checks report what this user can do");
+  row("cpu", fmt::format("{} cores", str(h, "cores")),
+      str(h, "cpu_model") + (flags.empty() ? "" : " [" + flags + "]"));
+  row("memory", str(h, "memory_mib") + " MiB",
+      h["root"].get<bool>() ? "running as root"
+                            : "NOT root: privileged checks report what this user can do");
 
   out += "\nvirtualisation\n";
   const Json& a = r["accelerator"];
-  row("accelerator", str(a, "accel") + (a["forced"].get<bool>() ? " (forced)" : ""), str(a, "reason"));
+  row("accelerator", str(a, "accel") + (a["forced"].get<bool>() ? " (forced)" : ""),
+      str(a, "reason"));
   const Json& q = r["qemu"];
-  row("qemu", q["available"].get<bool>() ? str(q, "version") : "missing", q["available"].get<bool>() ? str(q, "binary") : str(q, "reason"));
+  row("qemu", q["available"].get<bool>() ? str(q, "version") : "missing",
+      q["available"].get<bool>() ? str(q, "binary") : str(q, "reason"));
   const Json& l = r["libvirt"];
-  row("libvirt", l.contains("version") ? str(l, "version") : (l["startable"].get<bool>() ? "installed" : "missing"),
+  row("libvirt",
+      l.contains("version") ? str(l, "version")
+                            : (l["startable"].get<bool>() ? "installed" : "missing"),
       str(l, "detail"));
 
   out += "\nprocess checkpointing\n";
   std::string okNs, badNs;
   for (auto& [k, v] : r["namespaces"].items()) {
-    if (v["available"].get<bool>()) okNs += (okNs.empty() ? "" : " ") + k;
-    else badNs += (badNs.empty() ? "" : "; ") + str(v, "error");
+    if (v["available"].get<bool>())
+      okNs += (okNs.empty() ? "" : " ") + k;
+    else
+      badNs += (badNs.empty() ? "" : "; ") + str(v, "error");
   }
-  row("namespaces", badNs.empty() ? "all" : "partial", okNs + (badNs.empty() ? "" : "  (missing: " + badNs + ")"));
+  row("namespaces", badNs.empty() ? "all" : "partial",
+      okNs + (badNs.empty() ? "" : "  (missing: " + badNs + ")"));
   const Json& c = r["cgroup"];
   row("cgroup freezer", c["freezer"].get<bool>() ? str(c, "freezer_kind") : "no", str(c, "detail"));
   const Json& p = r["pagemap_scan"];
-  row("PAGEMAP_SCAN", yesNo(p["available"].get<bool>()), p["available"].get<bool>() ? str(p, "detail") : str(p, "reason"));
+  row("PAGEMAP_SCAN", yesNo(p["available"].get<bool>()),
+      p["available"].get<bool>() ? str(p, "detail") : str(p, "reason"));
   const Json& u = r["userfaultfd"];
-  row("userfaultfd", u["available"].get<bool>() ? fmt::format("wp={} async={}", yesNo(u["wp"].get<bool>()), yesNo(u["wp_async"].get<bool>())) : "no",
-      u["available"].get<bool>() ? "features " + str(u, "features") + (u.contains("reason") ? "; " + str(u, "reason") : "")
-                                 : str(u, "reason"));
+  row("userfaultfd",
+      u["available"].get<bool>() ? fmt::format("wp={} async={}", yesNo(u["wp"].get<bool>()),
+                                               yesNo(u["wp_async"].get<bool>()))
+                                 : "no",
+      u["available"].get<bool>()
+          ? "features " + str(u, "features") + (u.contains("reason") ? "; " + str(u, "reason") : "")
+          : str(u, "reason"));
 
   out += "\nengines\n";
   for (auto& [name, e] : r["engines"].items()) {
@@ -434,18 +463,24 @@ std::string renderTable(const Json& r) {
     }
     if (e.contains("versions") && !e["versions"].empty()) {
       std::string vs;
-      for (auto& [k, v] : e["versions"].items()) vs += (vs.empty() ? "" : ", ") + k + " " + (v.is_string() ? v.get<std::string>() : v.dump());
+      for (auto& [k, v] : e["versions"].items())
+        vs +=
+            (vs.empty() ? "" : ", ") + k + " " + (v.is_string() ? v.get<std::string>() : v.dump());
       detail += "; " + vs;
     }
     row(name, e["available"].get<bool>() ? "available" : "unavailable", detail);
     // Engines often give one reason for several modes: print each reason once.
-    std::vector<std::pair<std::string, std::string>> reasons;  // reason -> modes, in first-seen order
+    std::vector<std::pair<std::string, std::string>>
+        reasons;  // reason -> modes, in first-seen order
     if (e.contains("unsupported_modes"))
       for (auto& [m, why] : e["unsupported_modes"].items()) {
         std::string w = why.is_string() ? why.get<std::string>() : why.dump();
-        auto it = std::find_if(reasons.begin(), reasons.end(), [&](auto& r) { return r.first == w; });
-        if (it == reasons.end()) reasons.emplace_back(w, m);
-        else it->second += "," + m;
+        auto it =
+            std::find_if(reasons.begin(), reasons.end(), [&](auto& r) { return r.first == w; });
+        if (it == reasons.end())
+          reasons.emplace_back(w, m);
+        else
+          it->second += "," + m;
       }
     for (auto& [why, ms] : reasons) row("", "", "  not " + ms + ": " + why);
   }

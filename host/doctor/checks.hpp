@@ -9,15 +9,15 @@
 
 namespace crb::doctor {
 
-Json hostInfo();           // kernel, os, cpu model, flags of interest, cores, memory
-Json acceleratorInfo();    // chooseAccelerator(): accel, reason, forced, probe details
-Json qemuInfo();           // qemu-system-x86_64 --version
-Json namespaceInfo();      // one entry per namespace kind: available / error
-Json cgroupInfo();         // v1 / v2, freezer
-Json pagemapScanInfo();    // PAGEMAP_SCAN on /proc/self/pagemap
-Json userfaultfdInfo();    // UFFDIO_API features: WP, WP_ASYNC
-Json libvirtInfo();        // libvirtd binary, version, socket reachable
-Json engineInfo();         // every registered engine's capabilities()
+Json hostInfo();         // kernel, os, cpu model, flags of interest, cores, memory
+Json acceleratorInfo();  // chooseAccelerator(): accel, reason, forced, probe details
+Json qemuInfo();         // qemu-system-x86_64 --version
+Json namespaceInfo();    // one entry per namespace kind: available / error
+Json cgroupInfo();       // v1 / v2, freezer
+Json pagemapScanInfo();  // PAGEMAP_SCAN on /proc/self/pagemap
+Json userfaultfdInfo();  // UFFDIO_API features: WP, WP_ASYNC
+Json libvirtInfo();      // libvirtd binary, version, socket reachable
+Json engineInfo();       // every registered engine's capabilities()
 
 // Everything above under one object (the `--json` document).
 Json collectAll();

@@ -52,8 +52,8 @@ TEST(DoctorChecks, UserfaultfdReportsWpAsyncOnNewKernels) {
 TEST(DoctorChecks, TableNamesEverySection) {
   Json r = collectAll();
   std::string t = renderTable(r);
-  for (const char* s : {"kernel", "accelerator", "qemu", "libvirt", "namespaces", "cgroup freezer", "PAGEMAP_SCAN",
-                        "userfaultfd", "engines"})
+  for (const char* s : {"kernel", "accelerator", "qemu", "libvirt", "namespaces", "cgroup freezer",
+                        "PAGEMAP_SCAN", "userfaultfd", "engines"})
     EXPECT_NE(t.find(s), std::string::npos) << s << "\n" << t;
 }
 }  // namespace crb::doctor
