@@ -1,0 +1,127 @@
+// `crbench cr dump|restore|show`: the native engine used standalone, like `criu dump/restore`.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "cli/command.hpp"
+#include "core/fsutil.hpp"
+#include "core/json.hpp"
+#include "engine/native/native.hpp"
+
+namespace crb {
+namespace {
+
+struct CrOptions {
+  pid_t tree = 0;
+  std::string images;
+  bool leaveRunning = false;
+  bool noSync = false;
+  bool detach = false;
+  bool json = false;
+};
+
+void printPhases(const std::map<std::string, double>& ph) {
+  for (auto& [k, v] : ph) std::fprintf(stderr, "  %-8s %8.2f ms\n", k.c_str(), v);
+}
+
+std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
+  auto o = std::make_shared<CrOptions>();
+  app.require_subcommand(1);
+  auto* dump = app.add_subcommand("dump", "checkpoint a process tree into an image directory");
+  dump->add_option("--tree,-t", o->tree, "pid of the tree's root")->required();
+  dump->add_option("--images,-D", o->images, "image directory (created if missing, must be empty)")->required();
+  dump->add_flag("--leave-running,-R", o->leaveRunning, "let the tree continue after the dump (default: it is killed)");
+  dump->add_flag("--no-sync", o->noSync, "do not fdatasync image files (faster on disks; tmpfs does not care)");
+  dump->add_flag("--json", o->json, "print figures as JSON");
+  auto* restore = app.add_subcommand("restore", "restore a process tree from an image directory");
+  restore->add_option("--images,-D", o->images, "image directory")->required();
+  restore->add_flag("--detach,-d", o->detach,
+                    "return once restored (the tree is reparented when crbench exits); default: wait for the "
+                    "restored root and exit with its status");
+  restore->add_flag("--json", o->json, "print figures as JSON");
+  auto* show = app.add_subcommand("show", "describe an image (verifies every checksum)");
+  show->add_option("images", o->images, "image directory")->required();
+  show->add_flag("--json", o->json, "machine-readable output");
+
+  return [o, dump, restore, show]() -> int {
+    if (dump->parsed()) {
+      auto mk = makeDirs(o->images, 0700);
+      if (!mk.ok()) return reportError(mk.error());
+      native::DumpOptions opts;
+      opts.leaveRunning = o->leaveRunning;
+      opts.sync = !o->noSync;
+      auto r = native::dumpTree(o->tree, o->images, opts);
+      if (!r.ok()) return reportError(r.error());
+      if (o->json) {
+        std::printf("%s\n", r->toJson().dump(2).c_str());
+      } else {
+        std::printf("dumped %llu processes, %llu threads, %llu pages (%.1f MiB) into %s; tree %s; frozen %.2f ms\n",
+                    (unsigned long long)r->processes, (unsigned long long)r->threads,
+                    (unsigned long long)r->pagesWritten, double(r->bytesWritten) / (1 << 20), o->images.c_str(),
+                    o->leaveRunning ? "left running" : "killed", r->frozenMs);
+        printPhases(r->phasesMs);
+      }
+      return 0;
+    }
+    if (restore->parsed()) {
+      native::RestoreOptions opts;
+      opts.detach = o->detach;
+      auto r = native::restoreTree(o->images, opts);
+      if (!r.ok()) return reportError(r.error());
+      if (o->json) {
+        std::printf("%s\n", Json{{"root_pid", r->rootPid}, {"processes", r->processes}, {"threads", r->threads},
+                                 {"pages", r->pagesRestored}, {"phases_ms", r->phasesMs}}
+                                .dump(2)
+                                .c_str());
+      } else {
+        std::fprintf(stderr, "restored %llu processes, %llu threads, %llu pages; root pid %d\n",
+                     (unsigned long long)r->processes, (unsigned long long)r->threads,
+                     (unsigned long long)r->pagesRestored, r->rootPid);
+        printPhases(r->phasesMs);
+      }
+      std::fflush(stdout);
+      if (o->detach) return 0;
+      int st = 0;
+      if (::waitpid(r->rootPid, &st, 0) < 0) return 0;
+      if (WIFEXITED(st)) {
+        std::fprintf(stderr, "restored root %d exited with status %d\n", r->rootPid, WEXITSTATUS(st));
+        return WEXITSTATUS(st);
+      }
+      std::fprintf(stderr, "restored root %d killed by signal %d\n", r->rootPid, WTERMSIG(st));
+      return 128 + WTERMSIG(st);
+    }
+    auto r = native::describeImage(o->images);
+    if (!r.ok()) return reportError(r.error());
+    if (o->json) {
+      std::printf("%s\n", r->dump(2).c_str());
+      return 0;
+    }
+    auto& j = *r;
+    std::printf("native image %s (format %d), kernel %s, root pid %d\n", o->images.c_str(),
+                j.value("format_version", 0), j.value("kernel", "").c_str(), j.value("root_pid", 0));
+    for (auto& p : j["processes"]) {
+      std::printf("  pid %d (%s) ppid %d pgid %d sid %d%s: %zu thread(s), %zu mappings, %llu pages, %zu handlers, "
+                  "%zu pending signals, cwd %s\n",
+                  p["pid"].get<int>(), p["comm"].get<std::string>().c_str(), p["ppid"].get<int>(),
+                  p["pgid"].get<int>(), p["sid"].get<int>(), p["zombie"].get<bool>() ? " zombie" : "",
+                  p["threads"].get<size_t>(), p["vmas"].get<size_t>(), p["pages"].get<unsigned long long>(),
+                  p["handlers"].get<size_t>(), p["pending_signals"].get<size_t>(), p["cwd"].get<std::string>().c_str());
+      for (auto& f : p["fds"])
+        std::printf("    fd %d: %s %s pos %llu\n", f["fd"].get<int>(), f["kind"].get<std::string>().c_str(),
+                    f["path"].get<std::string>().c_str(), f["pos"].get<unsigned long long>());
+    }
+    for (auto& p : j["pipes"])
+      std::printf("  pipe:[%llu] %llu bytes in flight\n", p["ino"].get<unsigned long long>(),
+                  p["blobLen"].get<unsigned long long>());
+    for (auto& s : j["shared_memory"])
+      std::printf("  shared memory %s: %llu bytes\n", s["name"].get<std::string>().c_str(),
+                  s["size"].get<unsigned long long>());
+    std::printf("  all checksums verified\n");
+    return 0;
+  };
+}
+}  // namespace
+CRB_REGISTER_COMMAND(cr, "cr", "native checkpoint/restore of a process tree: dump, restore, show", setupCr);
+}  // namespace crb

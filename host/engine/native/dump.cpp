@@ -1,0 +1,114 @@
+// The dump: seize the tree, let each resource file record its state, write the image, then
+// kill the tree (stop-and-copy) or put everything back and detach (leave-running). Any error or
+// refusal detaches and leaves the tree running, untouched.
+#include <signal.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "engine/native/internal.hpp"
+#include "engine/native/procfs.hpp"
+
+namespace crb::native {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double msSince(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+}  // namespace
+
+Json DumpStats::toJson() const {
+  return Json{{"phases_ms", phasesMs},
+              {"processes", processes},
+              {"threads", threads},
+              {"pages_written", pagesWritten},
+              {"bytes_written", bytesWritten},
+              {"frozen_ms", frozenMs}};
+}
+
+Result<DumpStats> dumpTree(pid_t root, const std::filesystem::path& dir, const DumpOptions& opts) {
+  if (::geteuid() != 0) return makeError("the native engine needs root (ptrace of any process, clone3 set_tid)", "run as root");
+  CRB_CHECK(checkWritableDir(dir));
+  if (std::filesystem::exists(dir / "inventory.img"))
+    return makeError("image directory " + dir.string() + " already holds an image", "choose an empty directory");
+  DumpCtx c;
+  c.dir = dir;
+  c.opts = opts;
+  Seizure seizure;
+  c.seizure = &seizure;
+  auto t0 = Clock::now();
+  CRB_CHECK(seizure.seizeTree(root));
+  opts.mark("frozen");
+  c.stats.phasesMs["freeze"] = msSince(t0);
+  auto t1 = Clock::now();
+  for (pid_t pid : seizure.order) {
+    ProcessState& ps = c.proc(pid);
+    if (seizure.zombies.count(pid)) {
+      ps.zombie = true;
+      CRB_ASSIGN(auto stat, readStat(pid));
+      ps.ppid = pid_t(std::stol(stat[4]));
+      ps.pgid = pid_t(std::stol(stat[5]));
+      ps.sid = pid_t(std::stol(stat[6]));
+      ps.comm = stat[2];
+      ps.exitCode = stat.size() > 52 ? std::stoi(stat[52]) : 0;
+      continue;
+    }
+    CRB_CHECK(seizure.prepareInjection(pid));
+    CRB_CHECK(dumpProcessAttrs(c, pid, ps));
+    CRB_CHECK(dumpThreads(c, pid, ps));
+    CRB_CHECK(dumpSignals(c, pid, ps));
+    CRB_CHECK(seizure.finishInjection(pid));
+  }
+  c.stats.processes = c.tree.procs.size();
+  if (c.tree.procs.empty() || c.tree.procs[0].zombie) return makeError(fmt::format("process {} is a zombie", root));
+  CRB_CHECK(dumpFiles(c));
+  for (auto& ps : c.tree.procs)
+    if (!ps.zombie) CRB_CHECK(dumpMemoryLayout(c, ps.pid, ps));
+  c.stats.phasesMs["state"] = msSince(t1);
+  if (!c.unsupported.empty()) {
+    std::string all;
+    for (auto& u : c.unsupported) all += (all.empty() ? "" : "; ") + u;
+    return makeError("cannot dump the tree of " + std::to_string(root) + ": " + all,
+                     "the native engine refuses what it cannot restore faithfully; the tree is left running");
+  }
+  auto t2 = Clock::now();
+  {
+    CRB_ASSIGN(auto blobs, ImageWriter::create(dir, "blobs.img"));
+    c.blobs.emplace(std::move(blobs));
+  }
+  CRB_CHECK(dumpPipeData(c));
+  CRB_CHECK(dumpFileContents(c));
+  CRB_CHECK(dumpShmemObjects(c));
+  for (auto& ps : c.tree.procs)
+    if (!ps.zombie) CRB_CHECK(dumpMemoryPages(c, ps.pid, ps));
+  c.stats.phasesMs["memdump"] = msSince(t2);
+  auto t3 = Clock::now();
+  CRB_CHECK(c.blobs->commit(opts.sync));
+  for (auto& ps : c.tree.procs) CRB_CHECK(writeJsonImage(dir, fmt::format("core-{}.img", ps.pid), Json(ps), opts.sync));
+  Json files{{"files", c.tree.files}, {"pipes", c.tree.pipes}, {"shmem", c.tree.shmem}, {"mapped", c.tree.mapped}};
+  CRB_CHECK(writeJsonImage(dir, "files.img", files, opts.sync));
+  utsname u{};
+  ::uname(&u);
+  Json inv{{"engine", "crbench-native"},
+           {"format_version", kImageFormatVersion},
+           {"root_pid", root},
+           {"pids", Json::array()},
+           {"kernel", u.release},
+           {"leave_running", opts.leaveRunning},
+           {"created_unix", ::time(nullptr)}};
+  for (auto& ps : c.tree.procs) inv["pids"].push_back(ps.pid);
+  CRB_CHECK(writeJsonImage(dir, "inventory.img", inv, opts.sync));
+  c.stats.phasesMs["write"] = msSince(t3);
+  if (opts.leaveRunning) {
+    seizure.release();
+  } else {
+    CRB_CHECK(seizure.killAll());
+  }
+  opts.mark("resumed");
+  c.stats.frozenMs = msSince(t0);
+  return c.stats;
+}
+
+}  // namespace crb::native

@@ -1,0 +1,79 @@
+#pragma once
+// The native engine's on-disk format, in one place (documented in docs/native-image.md).
+//
+// An image is a directory of files, each "<kind>[-<pid>].img", mode 0600, written atomically
+// (temp file, fsync, rename). Every file starts with a 32-byte header:
+//   magic "CRBNATIV" | u32 format version | u32 payload type (1 json, 2 raw) |
+//   u64 payload size | u32 crc32 of payload | u32 crc32 of the 24 bytes before it
+// followed by the payload. inventory.img is written last: a directory without it is an
+// incomplete dump and is refused. A truncated or corrupted file is refused naming the file.
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include "core/fsutil.hpp"
+#include "core/json.hpp"
+#include "core/result.hpp"
+
+namespace crb::native {
+
+constexpr uint32_t kImageFormatVersion = 1;
+constexpr size_t kImageHeaderSize = 32;
+enum class PayloadType : uint32_t { Json = 1, Raw = 2 };
+
+// Streams a raw payload (pages, blobs) to `dir/name`; checksum computed while streaming.
+class ImageWriter {
+ public:
+  static Result<ImageWriter> create(const std::filesystem::path& dir, const std::string& name,
+                                    PayloadType type = PayloadType::Raw);
+  ImageWriter(ImageWriter&&) noexcept;
+  ImageWriter& operator=(ImageWriter&&) noexcept;
+  ~ImageWriter();  // an unfinished writer removes its temp file
+  Status write(const void* data, size_t len);
+  uint64_t size() const { return size_; }
+  // Finalize the header, optionally fdatasync, and rename into place.
+  Status commit(bool sync);
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  ImageWriter() = default;
+  Fd fd_;
+  std::filesystem::path path_, tmp_;
+  PayloadType type_ = PayloadType::Raw;
+  uint64_t size_ = 0;
+  uint32_t crc_ = 0;
+  bool committed_ = false;
+};
+
+Status writeJsonImage(const std::filesystem::path& dir, const std::string& name, const Json& j,
+                      bool sync = true);
+// Reads and verifies (magic, version, size, checksum) a JSON image.
+Result<Json> readJsonImage(const std::filesystem::path& dir, const std::string& name);
+
+// Sequential reader of a raw payload; the checksum is verified as the payload is streamed,
+// and verifyComplete() reports a mismatch. Size is checked against the file at open.
+class RawImageReader {
+ public:
+  static Result<RawImageReader> open(const std::filesystem::path& dir, const std::string& name);
+  uint64_t payloadSize() const { return size_; }
+  // Read exactly len bytes at the current position.
+  Status read(void* buf, size_t len);
+  Status skip(uint64_t len);
+  // Checks the crc after the whole payload has been read (reads any rest).
+  Status verifyComplete();
+  const std::filesystem::path& path() const { return path_; }
+  int fd() const { return fd_.get(); }
+
+ private:
+  Fd fd_;
+  std::filesystem::path path_;
+  uint64_t size_ = 0, pos_ = 0;
+  uint32_t expectCrc_ = 0, crc_ = 0;
+};
+
+// Helpers for binary blobs inside JSON.
+std::string toHex(const void* data, size_t len);
+Result<std::string> fromHex(const std::string& hex);
+
+}  // namespace crb::native

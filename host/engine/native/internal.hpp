@@ -1,0 +1,126 @@
+#pragma once
+// Shared between the per-resource files of the native engine: the dump and restore contexts and
+// each resource's dump/restore halves.
+#include <sys/types.h>
+#include <sys/user.h>
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/native/image.hpp"
+#include "engine/native/native.hpp"
+#include "engine/native/ptrace.hpp"
+#include "engine/native/state.hpp"
+
+namespace crb::native {
+
+constexpr uint64_t kPage = 4096;
+
+// ---------------------------------------------------------------- dump side
+// One seized process: where we may run injected syscalls and the registers to put back.
+struct RemoteProc {
+  pid_t pid = 0;
+  std::vector<pid_t> tids;
+  uint64_t syscallInsn = 0;  // a `syscall` instruction found in the vdso
+  uint64_t scratch = 0;      // an anonymous page we mapped for injected syscalls' buffers
+  std::map<pid_t, user_regs_struct> savedRegs;
+  std::set<pid_t> touched;  // threads whose registers we changed
+};
+
+// Seizes a process tree with PTRACE_SEIZE + PTRACE_INTERRUPT (kill-safe: if crbench dies the
+// kernel detaches and the tree runs on). The destructor puts registers back and detaches unless
+// the tree was killed.
+class Seizure {
+ public:
+  ~Seizure() { release(); }
+  Status seizeTree(pid_t root);
+  std::vector<pid_t> order;               // processes, parents before children
+  std::map<pid_t, RemoteProc> procs;      // live processes
+  std::set<pid_t> zombies;
+  std::map<pid_t, std::vector<StraySignal>> stray;
+  Status prepareInjection(pid_t pid);     // find syscall insn, map the scratch page
+  Status finishInjection(pid_t pid);      // unmap the scratch page, put registers back
+  Injector injector(pid_t pid, pid_t tid);
+  void noteStray(Injector& inj);
+  Status killAll();
+  void release();
+
+ private:
+  Status seizeThread(pid_t pid, pid_t tid);
+  std::vector<pid_t> seized_;
+  bool released_ = false;
+};
+
+struct DumpCtx {
+  std::filesystem::path dir;
+  DumpOptions opts;
+  TreeState tree;
+  Seizure* seizure = nullptr;
+  std::vector<std::string> unsupported;
+  std::optional<ImageWriter> blobs;
+  DumpStats stats;
+  std::map<int, std::string> shmemSource;                // shmem id -> /proc path to read it from
+  std::map<int, std::pair<pid_t, int>> fileRep;          // FileDesc id -> a (pid, fd) holding it
+  std::map<int, std::pair<pid_t, int>> pipeReader;       // pipe id -> a (pid, fd) holding the read end
+  std::map<int, std::pair<pid_t, int>> pipeAny;          // pipe id -> any (pid, fd) holding it
+  int shmemFor(uint64_t dev, uint64_t ino, uint64_t size, const std::string& name, const std::string& source);
+  void refuse(const std::string& what) { unsupported.push_back("unsupported: " + what); }
+  ProcessState& proc(pid_t pid);
+};
+
+Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps);  // process.cpp
+Status dumpThreads(DumpCtx& c, pid_t pid, ProcessState& ps);       // threads.cpp
+Status dumpSignals(DumpCtx& c, pid_t pid, ProcessState& ps);       // signals.cpp
+Status dumpFiles(DumpCtx& c);                                       // files.cpp (all processes)
+Status dumpPipeData(DumpCtx& c);                                    // pipes.cpp
+Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps);  // memory.cpp: which pages
+Status dumpMemoryPages(DumpCtx& c, pid_t pid, ProcessState& ps);   // memory.cpp: copy pages
+Status dumpShmemObjects(DumpCtx& c);                                // memory.cpp
+
+// ---------------------------------------------------------------- restore side
+constexpr uint64_t kBootSize = 64 * 1024;  // code page + scratch, mapped at the same address everywhere
+constexpr uint64_t kScratchOff = 4096;
+
+struct RestoreCtx {
+  std::filesystem::path dir;
+  RestoreOptions opts;
+  TreeState tree;
+  uint64_t boot = 0;
+  int fdBase = 0;
+  std::map<int, int> fileFds;    // FileDesc id -> tracer fd (inherited by every restored process)
+  std::map<int, int> mappedFds;  // MappedFile id -> tracer fd
+  std::map<int, int> shmemFds;   // ShmemObject id -> tracer fd
+  std::map<pid_t, int> exeFds;
+  std::map<int, std::pair<int, int>> pipeFds;  // pipe id -> {read, write}
+  std::vector<pid_t> traced;     // every tid we trace (killed if the restore fails)
+  RestoreResult result;
+  const ProcessState* find(pid_t pid) const;
+  uint64_t scratch() const { return boot + kScratchOff; }
+  Injector inj(pid_t tid) { return Injector(tid, boot); }
+};
+
+// Tracer-side preparation, before the first process is cloned (everything opened here is
+// inherited by the whole tree at fds >= fdBase).
+Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs);   // files.cpp (+pipes, shmem)
+Status createPipes(RestoreCtx& c, RawImageReader& blobs);           // pipes.cpp
+Status createShmemObjects(RestoreCtx& c, RawImageReader& blobs);    // memory.cpp
+Status openMappedFiles(RestoreCtx& c);                              // memory.cpp
+// In-process halves, run through injected syscalls.
+Status restoreFdTable(RestoreCtx& c, const ProcessState& ps);     // files.cpp
+Status closeRestoreFds(RestoreCtx& c, const ProcessState& ps);    // files.cpp
+Status dumpFileContents(DumpCtx& c);                               // files.cpp
+Status resetInheritedThreadState(RestoreCtx& c, pid_t pid);        // threads.cpp
+Status restoreCreds(RestoreCtx& c, const ProcessState& ps);        // process.cpp
+Status restoreMemory(RestoreCtx& c, const ProcessState& ps, RawImageReader& pages);  // memory.cpp
+Status restoreProcessAttrs(RestoreCtx& c, const ProcessState& ps);  // process.cpp
+Status restoreSignals(RestoreCtx& c, const ProcessState& ps);       // signals.cpp
+Status restoreThreads(RestoreCtx& c, const ProcessState& ps);       // threads.cpp (create + per-thread)
+Status restoreSignalQueues(RestoreCtx& c, const ProcessState& ps);  // signals.cpp
+Status finishThreads(RestoreCtx& c, const ProcessState& ps);        // threads.cpp: regs, masks, detach
+
+std::string pathInTree(const std::string& prefix, const std::string& path);
+
+}  // namespace crb::native

@@ -1,0 +1,58 @@
+#pragma once
+// Public entry points of the native checkpoint/restore engine (used by `crbench cr` and by the
+// `native` Engine). Everything is ptrace + /proc: no parasite code, no hardware breakpoints.
+#include <sys/types.h>
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "core/json.hpp"
+#include "core/result.hpp"
+
+namespace crb::native {
+
+struct DumpOptions {
+  bool leaveRunning = false;  // detach and let the tree continue after the dump
+  bool sync = true;           // fdatasync every image file
+  // Namespaces the tree must share (plain tree: the dumper's own = 0). A process in another
+  // namespace than this pid's is refused.
+  pid_t nsReference = 0;
+  // Paths in the tree's mount namespace are seen by crbench under this prefix (container
+  // rootfs); "" for a plain tree. /dev nodes are opened from the host.
+  std::string rootPrefix;
+  std::function<void(const std::string&)> mark = [](const std::string&) {};
+};
+
+struct DumpStats {
+  std::map<std::string, double> phasesMs;
+  uint64_t processes = 0, threads = 0, pagesWritten = 0, pagesSkippedZero = 0, bytesWritten = 0;
+  double frozenMs = 0;
+  Json toJson() const;
+};
+
+Result<DumpStats> dumpTree(pid_t root, const std::filesystem::path& dir, const DumpOptions& opts);
+
+struct RestoreOptions {
+  bool detach = false;  // do not wait for the restored root (it is reparented when we exit)
+  std::string rootPrefix;
+  // Create the root in new namespaces (container restore): called in the new child before it
+  // stops for tracing; returns 0 or -errno. Empty: restore into crbench's own namespaces.
+  std::function<int()> childSetup;
+  int cloneNamespaces = 0;  // CLONE_NEW* flags for the root's clone3
+  int netnsFd = -1;         // sockets are created in this netns (setns around their creation)
+};
+
+struct RestoreResult {
+  pid_t rootPid = -1;  // in crbench's pid namespace
+  std::map<std::string, double> phasesMs;
+  uint64_t processes = 0, threads = 0, pagesRestored = 0;
+};
+
+Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const RestoreOptions& opts);
+
+// What an image holds, for `crbench cr show` (verifies every file's checksum on the way).
+Result<Json> describeImage(const std::filesystem::path& dir);
+
+}  // namespace crb::native

@@ -1,0 +1,32 @@
+#pragma once
+// Small readers of /proc/<pid>/... used by every per-resource file.
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/result.hpp"
+
+namespace crb::native {
+
+Result<std::string> readProc(pid_t pid, const std::string& file);
+// "Key:\tvalue" lines of /proc/<pid>/status (or task/<tid>/status).
+Result<std::map<std::string, std::string>> readStatus(pid_t pid, pid_t tid = 0);
+// Fields of /proc/<pid>/stat, 1-based like proc(5) (field 2 is comm without parentheses).
+Result<std::vector<std::string>> readStat(pid_t pid);
+std::vector<pid_t> listTasks(pid_t pid);
+std::vector<pid_t> listChildren(pid_t pid);  // children of every thread of pid
+Result<std::string> readLink(const std::string& path);
+uint64_t parseHex(const std::string& s);
+
+struct MapsLine {
+  uint64_t start = 0, end = 0, pgoff = 0, ino = 0;
+  unsigned devMajor = 0, devMinor = 0;
+  std::string perms, path;
+  std::string vmflags;  // filled from smaps when asked
+};
+Result<std::vector<MapsLine>> readMaps(pid_t pid, bool withVmFlags);
+
+}  // namespace crb::native

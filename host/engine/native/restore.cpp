@@ -1,0 +1,336 @@
+// The restore: crbench clones the root (clone3 with set_tid), every other process and thread is
+// created by clone3 injected into its restored parent, and each process is then reshaped from
+// inside by injected system calls run from a bootstrap page mapped at an address no restored
+// mapping uses. Registers are set last and all threads are released together. Every traced
+// process dies with crbench (PTRACE_O_EXITKILL) and is killed on any error: no half-restored
+// process survives a failed restore.
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "engine/native/internal.hpp"
+#include "engine/native/procfs.hpp"
+
+namespace crb::native {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double msSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+struct CloneArgs {
+  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+
+Result<TreeState> loadTree(const std::filesystem::path& dir, Json* inventory) {
+  CRB_ASSIGN(Json inv, readJsonImage(dir, "inventory.img"));
+  if (inv.value("engine", "") != "crbench-native")
+    return makeError("image " + dir.string() + " was not written by the crbench native engine");
+  TreeState t;
+  try {
+    for (auto& p : inv.at("pids")) {
+      CRB_ASSIGN(Json j, readJsonImage(dir, fmt::format("core-{}.img", p.get<int>())));
+      t.procs.push_back(j.get<ProcessState>());
+    }
+    CRB_ASSIGN(Json f, readJsonImage(dir, "files.img"));
+    t.files = f.at("files").get<std::vector<FileDesc>>();
+    t.pipes = f.at("pipes").get<std::vector<PipeObject>>();
+    t.shmem = f.at("shmem").get<std::vector<ShmemObject>>();
+    t.mapped = f.at("mapped").get<std::vector<MappedFile>>();
+  } catch (const std::exception& e) {
+    return makeError("image " + dir.string() + " has unexpected content: " + e.what(), "dump again");
+  }
+  if (inventory) *inventory = inv;
+  return t;
+}
+
+// An address range of kBootSize free in every restored process and in crbench.
+Result<uint64_t> chooseBoot(const TreeState& t) {
+  for (uint64_t cand = 0x100000000ull; cand < 0x7f0000000000ull; cand += 0x10000000000ull) {
+    bool clash = false;
+    for (auto& ps : t.procs)
+      for (auto& v : ps.vmas) clash = clash || (v.start < cand + kBootSize && v.end > cand);
+    if (clash) continue;
+    void* p = ::mmap(reinterpret_cast<void*>(cand), kBootSize, PROT_READ | PROT_WRITE | PROT_EXEC,
+                     MAP_PRIVATE | MAP_ANONYMOUS | 0x100000 /*MAP_FIXED_NOREPLACE*/, -1, 0);
+    if (p == MAP_FAILED) continue;
+    auto* code = static_cast<uint8_t*>(p);
+    code[0] = 0x0f;  // syscall
+    code[1] = 0x05;
+    code[2] = 0xcc;  // int3: never reached, we stop at syscall exit
+    return cand;
+  }
+  return makeError("no address range is free in every process of the image for the restore's bootstrap page");
+}
+
+struct RootChild {
+  const RestoreOptions* opts;
+};
+
+// Child side of the root's clone3: runs in a copy of crbench, system calls only.
+[[noreturn]] void rootChild(const RestoreOptions& opts) {
+  if (opts.childSetup) {
+    int rc = opts.childSetup();
+    if (rc < 0) ::syscall(SYS_exit_group, 120);
+  }
+  ::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr);
+  ::syscall(SYS_kill, ::syscall(SYS_getpid), SIGSTOP);
+  ::syscall(SYS_exit_group, 121);
+  __builtin_unreachable();
+}
+
+class Restorer {
+ public:
+  Restorer(RestoreCtx& c) : c_(c) {}
+  ~Restorer() {
+    if (!ok_) {
+      for (pid_t t : c_.traced) ::kill(t, SIGKILL);
+      if (c_.result.rootPid > 0) ::waitpid(c_.result.rootPid, nullptr, __WALL);
+      for (pid_t t : c_.traced) ::waitpid(t, nullptr, __WALL | WNOHANG);
+    }
+    closeTracerFds();
+    if (c_.boot) ::munmap(reinterpret_cast<void*>(c_.boot), kBootSize);
+  }
+  void closeTracerFds() {
+    for (auto& [k, v] : c_.fileFds) ::close(v);
+    for (auto& [k, v] : c_.mappedFds) ::close(v);
+    for (auto& [k, v] : c_.shmemFds) ::close(v);
+    for (auto& [k, v] : c_.exeFds) ::close(v);
+    for (auto& [k, v] : c_.pipeFds) {
+      ::close(v.first);
+      ::close(v.second);
+    }
+    c_.fileFds.clear();
+    c_.mappedFds.clear();
+    c_.shmemFds.clear();
+    c_.exeFds.clear();
+    c_.pipeFds.clear();
+  }
+  Status run();
+  bool ok_ = false;
+
+ private:
+  Status createRoot(const ProcessState& root);
+  Status createTree();
+  RestoreCtx& c_;
+};
+
+pid_t setTidFor(const RestoreCtx& c, const ProcessState& ps) {
+  (void)c;
+  return ps.pid;
+}
+
+Status Restorer::createRoot(const ProcessState& root) {
+  CloneArgs a{};
+  pid_t want = setTidFor(c_, root);
+  a.flags = uint64_t(c_.opts.cloneNamespaces);
+  a.exit_signal = SIGCHLD;
+  a.set_tid = reinterpret_cast<uint64_t>(&want);
+  a.set_tid_size = 1;
+  long pid = ::syscall(SYS_clone3, &a, sizeof a);
+  if (pid == 0) rootChild(c_.opts);
+  if (pid < 0) {
+    int e = errno;
+    return sysError(fmt::format("clone3 with pid {}", want), e)
+        .context(e == EEXIST ? "pid is in use (the original, or a zombie not yet reaped by its parent)" : "create the root");
+  }
+  c_.result.rootPid = pid_t(pid);
+  c_.traced.push_back(pid_t(pid));
+  CRB_ASSIGN(int st, waitStopped(pid_t(pid)));
+  if (WSTOPSIG(st) != SIGSTOP) return makeError("the restored root did not stop as expected");
+  long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_EXITKILL;
+  if (::ptrace(PTRACE_SETOPTIONS, pid, nullptr, reinterpret_cast<void*>(opts)) != 0)
+    return sysError("set ptrace options on the restored root", errno);
+  return success();
+}
+
+Status Restorer::createTree() {
+  uint64_t s = c_.scratch();
+  for (auto& ps : c_.tree.procs) {
+    if (ps.zombie) continue;
+    auto inj = c_.inj(ps.pid);
+    uint64_t all = ~0ull;
+    if (::ptrace(PTRACE_SETSIGMASK, ps.pid, reinterpret_cast<void*>(8), &all) != 0)
+      return sysError(fmt::format("block signals in pid {}", ps.pid), errno);
+    if (ps.sid == ps.pid) {
+      CRB_CHECK(inj.check("setsid", SYS_setsid));
+    } else if (ps.pgid == ps.pid) {
+      CRB_CHECK(inj.check("setpgid", SYS_setpgid, 0, 0));
+    }
+    for (auto& ch : c_.tree.procs) {
+      if (ch.ppid != ps.pid || ch.pid == ps.pid) continue;
+      CloneArgs a{};
+      pid_t want = setTidFor(c_, ch);
+      a.exit_signal = SIGCHLD;
+      a.set_tid = s + 256;
+      a.set_tid_size = 1;
+      CRB_CHECK(writeMem(ps.pid, s + 256, &want, sizeof want));
+      CRB_CHECK(writeMem(ps.pid, s, &a, sizeof a));
+      CRB_ASSIGN(long pid, inj.check(fmt::format("clone3 process {}", ch.pid), SYS_clone3, s, sizeof a));
+      if (pid != ch.pid) return makeError(fmt::format("process {} was created as {}", ch.pid, pid));
+      c_.traced.push_back(pid_t(pid));
+      CRB_ASSIGN(int st, waitStopped(pid_t(pid)));
+      (void)st;
+    }
+  }
+  // Process groups led by another process of the tree, now that every leader exists.
+  for (auto& ps : c_.tree.procs) {
+    if (ps.zombie || ps.pgid == ps.pid || ps.sid == ps.pid || !c_.find(ps.pgid)) continue;
+    auto inj = c_.inj(ps.pid);
+    CRB_CHECK(inj.check(fmt::format("join process group {}", ps.pgid), SYS_setpgid, 0, uint64_t(ps.pgid)));
+  }
+  return success();
+}
+
+Status Restorer::run() {
+  auto t0 = Clock::now();
+  // Our own fd table is what the tree inherits: lift the fd limit and find a range above
+  // every fd number the tree uses.
+  rlimit nofile{};
+  ::getrlimit(RLIMIT_NOFILE, &nofile);
+  nofile.rlim_cur = nofile.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &nofile);
+  int maxFd = 2;
+  for (auto& ps : c_.tree.procs)
+    for (auto& e : ps.fds) maxFd = std::max(maxFd, e.fd);
+  c_.fdBase = maxFd + 1;
+  if (rlim_t(c_.fdBase) + 4096 > nofile.rlim_cur) return makeError("the tree uses fd numbers beyond crbench's fd limit");
+  CRB_ASSIGN(auto blobs, RawImageReader::open(c_.dir, "blobs.img"));
+  CRB_CHECK(openFilesForRestore(c_, blobs));
+  CRB_CHECK(createShmemObjects(c_, blobs));
+  CRB_CHECK(blobs.verifyComplete());
+  CRB_CHECK(openMappedFiles(c_));
+  CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
+  c_.result.phasesMs["prepare"] = msSince(t0);
+
+  auto t1 = Clock::now();
+  if (c_.tree.procs.empty()) return makeError("image holds no process");
+  CRB_CHECK(createRoot(c_.tree.procs[0]));
+  CRB_CHECK(createTree());
+  c_.result.phasesMs["fork"] = msSince(t1);
+
+  auto t2 = Clock::now();
+  for (auto& ps : c_.tree.procs) {
+    if (ps.zombie) continue;
+    CRB_ASSIGN(auto pages, RawImageReader::open(c_.dir, fmt::format("pages-{}.img", ps.pid)));
+    CRB_CHECK(resetInheritedThreadState(c_, ps.pid));
+    CRB_CHECK(restoreFdTable(c_, ps));
+    CRB_CHECK(restoreMemory(c_, ps, pages));
+    CRB_CHECK(restoreProcessAttrs(c_, ps));
+    CRB_CHECK(restoreSignals(c_, ps));
+    CRB_CHECK(restoreThreads(c_, ps));
+    CRB_CHECK(closeRestoreFds(c_, ps));
+    c_.result.processes++;
+  }
+  c_.result.phasesMs["state"] = msSince(t2);
+  auto t3 = Clock::now();
+  // Zombies: created like any child, then made to exit with their recorded status.
+  for (auto& ps : c_.tree.procs) {
+    if (!ps.zombie) continue;
+    auto inj = c_.inj(ps.pid);
+    if (WIFSIGNALED(ps.exitCode)) {
+      ::kill(ps.pid, WTERMSIG(ps.exitCode));
+      uint64_t none = 0;
+      ::ptrace(PTRACE_SETSIGMASK, ps.pid, reinterpret_cast<void*>(8), &none);
+      CRB_CHECK(inj.check("rt_sigaction default", SYS_rt_sigaction, WTERMSIG(ps.exitCode), 0, 0, 8));
+      ::ptrace(PTRACE_CONT, ps.pid, nullptr, nullptr);
+      for (;;) {
+        int st;
+        if (::waitpid(ps.pid, &st, __WALL) < 0 || WIFEXITED(st) || WIFSIGNALED(st)) break;
+        ::ptrace(PTRACE_CONT, ps.pid, nullptr, reinterpret_cast<void*>(long(WSTOPSIG(st))));
+      }
+    } else {
+      (void)inj.call(SYS_exit_group, uint64_t(WEXITSTATUS(ps.exitCode)));
+    }
+    std::erase(c_.traced, ps.pid);
+  }
+  for (auto& ps : c_.tree.procs)
+    if (!ps.zombie) CRB_CHECK(restoreSignalQueues(c_, ps));
+  for (auto& ps : c_.tree.procs)
+    if (!ps.zombie) CRB_CHECK(restoreCreds(c_, ps));
+  for (auto& ps : c_.tree.procs) {
+    if (ps.zombie) continue;
+    auto inj = c_.inj(ps.pid);
+    CRB_CHECK(inj.check("unmap the bootstrap page", SYS_munmap, c_.boot, kBootSize));
+    CRB_CHECK(finishThreads(c_, ps));
+  }
+  c_.result.phasesMs["finish"] = msSince(t3);
+  // Release: every thread leaves its ptrace stop with its own registers.
+  for (auto& ps : c_.tree.procs)
+    if (!ps.zombie)
+      for (auto& t : ps.threads)
+        if (::ptrace(PTRACE_DETACH, t.tid, nullptr, nullptr) != 0)
+          return sysError(fmt::format("release restored thread {}", t.tid), errno);
+  ok_ = true;
+  closeTracerFds();
+  return success();
+}
+}  // namespace
+
+Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const RestoreOptions& opts) {
+  if (::geteuid() != 0) return makeError("the native engine needs root (ptrace, clone3 set_tid)", "run as root");
+  RestoreCtx c;
+  c.dir = dir;
+  c.opts = opts;
+  CRB_ASSIGN(c.tree, loadTree(dir, nullptr));
+  auto t0 = Clock::now();
+  {
+    Restorer r(c);
+    auto st = r.run();
+    if (!st.ok()) return st.error().context("restore from " + dir.string());
+  }
+  c.result.phasesMs["total"] = msSince(t0);
+  return c.result;
+}
+
+Result<Json> describeImage(const std::filesystem::path& dir) {
+  Json inv;
+  CRB_ASSIGN(TreeState t, loadTree(dir, &inv));
+  Json out = inv;
+  out["processes"] = Json::array();
+  for (auto& ps : t.procs) {
+    Json p{{"pid", ps.pid}, {"ppid", ps.ppid}, {"pgid", ps.pgid}, {"sid", ps.sid}, {"comm", ps.comm},
+           {"zombie", ps.zombie}, {"threads", ps.threads.size()}, {"fds", Json::array()}, {"cwd", ps.cwd},
+           {"exe", ps.exe}, {"handlers", ps.sigactions.size()}};
+    uint64_t pages = 0;
+    for (auto& v : ps.vmas)
+      for (auto& r : v.pages) pages += r.pages;
+    p["vmas"] = ps.vmas.size();
+    p["pages"] = pages;
+    size_t pending = ps.sharedPending.size();
+    for (auto& th : ps.threads) pending += th.pending.size();
+    p["pending_signals"] = pending;
+    for (auto& e : ps.fds) {
+      auto& f = t.files.at(size_t(e.file));
+      p["fds"].push_back({{"fd", e.fd}, {"kind", f.kind}, {"path", f.path}, {"pos", f.pos}, {"description", f.id}});
+    }
+    if (!ps.zombie) {
+      auto pr = RawImageReader::open(dir, fmt::format("pages-{}.img", ps.pid));
+      if (!pr.ok()) return pr.error();
+      CRB_CHECK(pr->verifyComplete());
+      if (pr->payloadSize() != pages * kPage)
+        return makeError(fmt::format("pages-{}.img holds {} bytes, the index says {}", ps.pid, pr->payloadSize(), pages * kPage));
+    }
+    out["processes"].push_back(p);
+  }
+  auto blobs = RawImageReader::open(dir, "blobs.img");
+  if (!blobs.ok()) return blobs.error();
+  CRB_CHECK(blobs->verifyComplete());
+  out["pipes"] = t.pipes;
+  out["shared_memory"] = Json::array();
+  for (auto& o : t.shmem) out["shared_memory"].push_back({{"name", o.name}, {"size", o.size}, {"extents", o.extents.size()}});
+  out["mapped_files"] = Json::array();
+  for (auto& m : t.mapped) out["mapped_files"].push_back(m.path);
+  return out;
+}
+
+}  // namespace crb::native

@@ -1,0 +1,24 @@
+// Holds objects the native engine does not restore yet (a unix socketpair, an epoll fd, a SysV
+// shm segment): the dump must be refused naming them and leave this process running, which it
+// proves by answering PASS when the go file appears.
+#include <sys/epoll.h>
+#include <sys/ipc.h>
+#include <sys/shm.h>
+#include <sys/socket.h>
+
+#include "tp.hpp"
+
+int main(int argc, char** argv) {
+  tp::init(argc, argv);
+  int sv[2];
+  socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+  int ep = epoll_create1(0);
+  int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+  void* p = shmat(id, nullptr, 0);
+  shmctl(id, IPC_RMID, nullptr);
+  (void)ep;
+  (void)p;
+  tp::ready();
+  tp::waitGo();
+  return tp::finish();
+}
