@@ -106,6 +106,38 @@ TEST(MiniVm, LoopCodeCountsDownThenExits) {
   EXPECT_EQ(e->ioValue, kvm::kProbeValue);
 }
 
+// A guest that counts in memory and reports each count: save it after three counts, let the
+// original run once more (4), then restore the saved state into a fresh VM: it must also say 4,
+// which needs both the registers (RIP after the OUT) and the memory (the counter) restored.
+TEST(MiniVm, SavedStateContinuesInAFreshVm) {
+  if (!haveKvm()) GTEST_SKIP() << "no usable /dev/kvm on this host";
+  // 1: inc byte [0x3000]; mov al, [0x3000]; out 0x10, al; jmp 1b
+  const std::vector<uint8_t> counter = {0xfe, 0x04, 0x25, 0x00, 0x30, 0x00, 0x00, 0x8a, 0x04,
+                                        0x25, 0x00, 0x30, 0x00, 0x00, 0xe6, 0x10, 0xeb, 0xee};
+  auto vm = kvm::MiniVm::create();
+  if (!vm.ok()) GTEST_SKIP() << "cannot create a VM here: " << vm.error().text();
+  ASSERT_TRUE(vm->load(counter, kvm::MiniVm::Mode::Long64).ok());
+  for (int i = 1; i <= 3; ++i) {
+    auto e = vm->run();
+    if (!e.ok()) GTEST_SKIP() << "64-bit guest does not run here: " << e.error().text();
+    ASSERT_EQ(e->reason, static_cast<uint32_t>(KVM_EXIT_IO));
+    ASSERT_EQ(e->ioValue, i);
+  }
+  auto saved = vm->saveState();
+  ASSERT_TRUE(saved.ok()) << saved.error().text();
+  auto next = vm->run();
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->ioValue, 4);
+
+  auto copy = kvm::MiniVm::create();
+  ASSERT_TRUE(copy.ok()) << copy.error().text();
+  ASSERT_TRUE(copy->restoreState(*saved).ok());
+  auto resumed = copy->run();
+  ASSERT_TRUE(resumed.ok()) << resumed.error().text();
+  EXPECT_EQ(resumed->reason, static_cast<uint32_t>(KVM_EXIT_IO));
+  EXPECT_EQ(resumed->ioValue, 4) << "restored VM did not continue from the saved count";
+}
+
 TEST(Accel, ChoiceFollowsProbe) {
   AccelEnv keep;
   ::unsetenv("CRBENCH_ACCEL");

@@ -272,4 +272,41 @@ Result<VcpuExit> MiniVm::run(int timeoutMs) {
   return e;
 }
 
+Result<VmState> MiniVm::saveState() {
+  auto* r = static_cast<kvm_run*>(run_);
+  // KVM finishes an I/O exit (e.g. advances RIP past OUT) only on the next KVM_RUN; immediate_exit
+  // makes that KVM_RUN complete it and return EINTR without running guest code.
+  r->immediate_exit = 1;
+  int rc = ::ioctl(vcpu_.get(), KVM_RUN, 0);
+  int err = errno;
+  r->immediate_exit = 0;
+  if (rc == 0 || err != EINTR)
+    return makeError("KVM_RUN with immediate_exit did not return EINTR while saving state");
+  kvm_regs regs{};
+  kvm_sregs sregs{};
+  if (::ioctl(vcpu_.get(), KVM_GET_REGS, &regs) < 0) return sysError("KVM_GET_REGS", errno);
+  if (::ioctl(vcpu_.get(), KVM_GET_SREGS, &sregs) < 0) return sysError("KVM_GET_SREGS", errno);
+  VmState st;
+  auto* rp = reinterpret_cast<const uint8_t*>(&regs);
+  auto* sp = reinterpret_cast<const uint8_t*>(&sregs);
+  st.regs.assign(rp, rp + sizeof(regs));
+  st.sregs.assign(sp, sp + sizeof(sregs));
+  st.memory.assign(mem_, mem_ + kMemSize);
+  return st;
+}
+
+Status MiniVm::restoreState(const VmState& st) {
+  if (st.regs.size() != sizeof(kvm_regs) || st.sregs.size() != sizeof(kvm_sregs) ||
+      st.memory.size() != kMemSize)
+    return makeError("MiniVm state has the wrong size (saved by a different build?)");
+  std::memcpy(mem_, st.memory.data(), kMemSize);
+  kvm_regs regs{};
+  kvm_sregs sregs{};
+  std::memcpy(&regs, st.regs.data(), sizeof(regs));
+  std::memcpy(&sregs, st.sregs.data(), sizeof(sregs));
+  if (::ioctl(vcpu_.get(), KVM_SET_SREGS, &sregs) < 0) return sysError("KVM_SET_SREGS", errno);
+  if (::ioctl(vcpu_.get(), KVM_SET_REGS, &regs) < 0) return sysError("KVM_SET_REGS", errno);
+  return success();
+}
+
 }  // namespace crb::kvm

@@ -27,6 +27,13 @@ struct VcpuExit {
 
 std::string exitReasonName(uint32_t reason);
 
+// The whole state of a MiniVm: enough to continue it in another VM (the seed of a kvm/ engine).
+struct VmState {
+  std::vector<uint8_t> regs;    // struct kvm_regs, raw
+  std::vector<uint8_t> sregs;   // struct kvm_sregs, raw
+  std::vector<uint8_t> memory;  // the one memory slot
+};
+
 class MiniVm {
  public:
   static constexpr uint64_t kMemSize = 0x200000;  // one slot at guest-physical 0, one 2 MiB page
@@ -42,6 +49,12 @@ class MiniVm {
   Status load(const std::vector<uint8_t>& code, Mode mode = Mode::Real);
   // One KVM_RUN; interrupted with an error after `timeoutMs` if the guest never exits.
   Result<VcpuExit> run(int timeoutMs = 2000);
+
+  // Completes a pending exit (an OUT waiting for KVM_RUN, via immediate_exit) and copies registers
+  // and memory. The vCPU must be stopped at an exit.
+  Result<VmState> saveState();
+  // Loads a saved state into this (fresh) VM; the next run() continues where the saved VM stopped.
+  Status restoreState(const VmState& state);
 
   int extension(long cap) const;  // KVM_CHECK_EXTENSION on the VM fd (system fd as fallback)
   int apiVersion() const { return apiVersion_; }
