@@ -1,0 +1,277 @@
+#include "engine/libvirt/libvirt_conn.hpp"
+
+#include <fcntl.h>
+#include <libvirt/virterror.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "core/clock.hpp"
+#include "core/fsutil.hpp"
+#include "core/log.hpp"
+#include "core/paths.hpp"
+#include "core/proc.hpp"
+
+namespace crb::libvirt {
+
+namespace {
+
+// libvirt reports errors twice by default: into the thread's last-error slot and on stderr. We
+// read the slot; the handler only keeps stderr quiet.
+void quietErrorHandler(void*, virErrorPtr) {}
+
+std::string envOr(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::string(v) : fallback;
+}
+
+// A virtlogd already serving the system socket is reused: starting a second one on the same
+// socket would fail, and libvirtd's QEMU driver always talks to that path when privileged.
+bool unixSocketAnswers(const std::string& path) {
+  Fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!s.valid()) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return false;
+  std::strcpy(addr.sun_path, path.c_str());
+  return ::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+}
+
+std::string findBinary(const char* envName, const std::string& name) {
+  if (const char* v = std::getenv(envName); v && *v) return v;
+  for (const char* dir : {"/usr/sbin", "/usr/bin", "/sbin", "/usr/local/sbin"}) {
+    std::string p = std::string(dir) + "/" + name;
+    if (::access(p.c_str(), X_OK) == 0) return p;
+  }
+  return name;  // not found: the error then names the bare program
+}
+
+Result<pid_t> readPidFile(const fs::path& p) {
+  auto text = readFile(p);
+  if (!text) return text.error();
+  try {
+    return static_cast<pid_t>(std::stol(*text));
+  } catch (...) {
+    return makeError(fmt::format("pid file {} holds no pid", p.string()));
+  }
+}
+
+void stopPid(pid_t pid, const char* what) {
+  if (pid <= 0 || !processAlive(pid)) return;
+  ::kill(pid, SIGTERM);
+  // Daemonised processes are not our children: poll until they are gone.
+  auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (processAlive(pid) && Clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (processAlive(pid)) {
+    spdlog::warn("{} (pid {}) ignored SIGTERM for 10 s; killing it", what, pid);
+    ::kill(pid, SIGKILL);
+  }
+}
+
+std::string logTail(const fs::path& p, size_t bytes = 600) {
+  auto t = readFile(p);
+  if (!t || t->empty()) return {};
+  std::string s = t->size() > bytes ? t->substr(t->size() - bytes) : *t;
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+virConnectPtr tryOpen(const std::string& uri, std::string* why) {
+  virConnectPtr c = virConnectOpen(uri.c_str());
+  if (!c && why) *why = lastError("connect to " + uri).message;
+  return c;
+}
+
+void stopDaemon(OwnDaemon& d) {
+  stopPid(d.libvirtdPid, "libvirtd");
+  stopPid(d.virtlogdPid, "virtlogd");
+  std::error_code ec;
+  fs::remove_all(d.dir / "state", ec);
+  for (const char* f : {"libvirt-sock", "libvirt-sock-ro", "libvirt-admin-sock", "libvirtd.pid",
+                        "virtlogd.pid", "libvirtd.conf", "libvirtd.log", "virtlogd.log"})
+    fs::remove(d.dir / f, ec);
+  if (d.lockFd >= 0) {
+    ::close(d.lockFd);  // releases the flock
+    d.lockFd = -1;
+  }
+}
+
+Result<std::unique_ptr<OwnDaemon>> startDaemon(const fs::path& dir) {
+  auto d = std::make_unique<OwnDaemon>();
+  d->dir = dir;
+  auto t0 = Clock::now();
+  std::string libvirtd = findBinary("CRBENCH_LIBVIRTD", "libvirtd");
+  std::string virtlogd = findBinary("CRBENCH_VIRTLOGD", "virtlogd");
+  if (::access(libvirtd.c_str(), X_OK) != 0)
+    return makeError(fmt::format("no libvirt daemon answers and libvirtd cannot be started: {} is "
+                                 "not an executable file",
+                                 libvirtd),
+                     "install libvirt-daemon-system (scripts/setup.sh) or set CRBENCH_LIBVIRTD");
+
+  const std::string sysLogSock = "/run/libvirt/virtlogd-sock";
+  if (!unixSocketAnswers(sysLogSock)) {
+    if (::access(virtlogd.c_str(), X_OK) != 0)
+      return makeError(fmt::format("libvirtd needs virtlogd, which is not running and cannot be "
+                                   "started: {} is not an executable file",
+                                   virtlogd),
+                       "install libvirt-daemon-system (scripts/setup.sh) or set CRBENCH_VIRTLOGD");
+    RunOptions ro;
+    ro.timeout = std::chrono::seconds(30);
+    CRB_ASSIGN(auto r, runCommand({virtlogd, "-d", "-p", (dir / "virtlogd.pid").string()}, ro));
+    if (!r.succeeded())
+      return makeError(fmt::format("starting virtlogd ({}) failed: {}", virtlogd, r.describe()));
+    CRB_ASSIGN(d->virtlogdPid, readPidFile(dir / "virtlogd.pid"));
+  }
+
+  // Only the sockets move into the private directory; a privileged libvirtd keeps its driver
+  // state in /run/libvirt and /var/lib/libvirt whatever the config says.
+  std::string conf = fmt::format(
+      "unix_sock_dir = \"{0}\"\n"
+      "unix_sock_rw_perms = \"0600\"\n"
+      "unix_sock_ro_perms = \"0600\"\n"
+      "unix_sock_admin_perms = \"0600\"\n"
+      "auth_unix_rw = \"none\"\n"
+      "auth_unix_ro = \"none\"\n"
+      "log_outputs = \"3:file:{0}/libvirtd.log\"\n",
+      dir.string());
+  if (auto s = writeFileAtomic(dir / "libvirtd.conf", conf, 0600); !s) {
+    stopDaemon(*d);
+    return s.error();
+  }
+  // -t: should crbench die without stopping it, the daemon exits by itself once idle.
+  RunOptions ro;
+  ro.timeout = std::chrono::seconds(60);
+  auto r = runCommand({libvirtd, "-d", "-t", "120", "-f", (dir / "libvirtd.conf").string(), "-p",
+                       (dir / "libvirtd.pid").string()},
+                      ro);
+  if (!r || !r->succeeded()) {
+    std::string why = r ? r->describe() : r.error().message;
+    std::string tail = logTail(dir / "libvirtd.log");
+    stopDaemon(*d);
+    return makeError(fmt::format("starting libvirtd ({}) failed: {}{}", libvirtd, why,
+                                 tail.empty() ? "" : "; its log ends: " + tail));
+  }
+  auto pid = readPidFile(dir / "libvirtd.pid");
+  if (!pid) {
+    stopDaemon(*d);
+    return pid.error().context("libvirtd started but wrote no pid file");
+  }
+  d->libvirtdPid = *pid;
+  d->startSeconds = secondsSince(t0);
+  return d;
+}
+
+std::mutex gMutex;
+std::weak_ptr<Connection> gShared;
+
+}  // namespace
+
+void initLibvirt() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    virInitialize();
+    virSetErrorFunc(nullptr, quietErrorHandler);
+  });
+}
+
+Error lastError(const std::string& what, const std::string& hint) {
+  virErrorPtr e = virGetLastError();
+  std::string msg = e && e->message ? e->message : "libvirt gave no reason";
+  virResetLastError();
+  return makeError(what + ": " + msg, hint);
+}
+
+std::string versionText(unsigned long v) {
+  return fmt::format("{}.{}.{}", v / 1000000, (v / 1000) % 1000, v % 1000);
+}
+
+fs::path privateDaemonDir() { return runtimeDir() / "libvirtd"; }
+
+Connection::~Connection() {
+  if (conn_) virConnectClose(conn_);
+  if (daemon_) stopDaemon(*daemon_);
+}
+
+Json Connection::describe() const {
+  Json j = Json::object();
+  j["uri"] = uri_;
+  j["daemon"] = daemon_ ? "started by crbench" : "already running";
+  if (daemon_) {
+    j["daemon_dir"] = daemon_->dir.string();
+    j["daemon_start_seconds"] = daemon_->startSeconds;
+  }
+  unsigned long v = 0;
+  if (virConnectGetLibVersion(conn_, &v) == 0) j["libvirt"] = versionText(v);
+  if (virConnectGetVersion(conn_, &v) == 0) j["qemu"] = versionText(v);
+  virResetLastError();
+  return j;
+}
+
+Result<std::shared_ptr<Connection>> connect() {
+  initLibvirt();
+  std::lock_guard lock(gMutex);
+  if (auto c = gShared.lock()) return c;
+
+  std::shared_ptr<Connection> c(new Connection());
+  std::string systemUri = envOr("CRBENCH_LIBVIRT_URI", "qemu:///system");
+  std::string whySystem;
+  if ((c->conn_ = tryOpen(systemUri, &whySystem))) {
+    c->uri_ = systemUri;
+    gShared = c;
+    return c;
+  }
+  spdlog::debug("libvirt: {}; starting crbench's own daemon", whySystem);
+
+  fs::path dir = privateDaemonDir();
+  CRB_CHECK(makeDirs(dir, 0700));
+  ::chmod(dir.c_str(), 0700);  // an older directory may have been created with a wider mode
+  std::string privUri = "qemu:///system?socket=" + (dir / "libvirt-sock").string();
+
+  // Another crbench may own a daemon in this directory (it holds the lock while it does); use it.
+  Fd lockFd(::open((dir / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lockFd.valid()) return sysError("open " + (dir / "lock").string(), errno);
+  auto deadline = Clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    if (unixSocketAnswers((dir / "libvirt-sock").string()) && (c->conn_ = tryOpen(privUri, nullptr))) {
+      c->uri_ = privUri;
+      gShared = c;
+      return c;
+    }
+    if (::flock(lockFd.get(), LOCK_EX | LOCK_NB) == 0) break;
+    if (Clock::now() > deadline)
+      return makeError(fmt::format("{} is locked by another crbench whose libvirt daemon does not "
+                                   "answer",
+                                   (dir / "lock").string()),
+                       "stop the other crbench run or remove the stale daemon");
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+
+  auto d = startDaemon(dir);
+  if (!d)
+    return d.error().context(fmt::format("libvirt unavailable ({})", whySystem));
+  c->daemon_ = std::move(d).value();
+  c->daemon_->lockFd = lockFd.release();
+  std::string why;
+  auto until = Clock::now() + std::chrono::seconds(15);
+  while (!(c->conn_ = tryOpen(privUri, &why)) && Clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (!c->conn_)
+    return makeError(fmt::format("crbench started libvirtd but cannot connect to it: {}", why));
+  c->uri_ = privUri;
+  spdlog::debug("libvirt: started own daemon in {} ({:.2f} s)", dir.string(),
+                c->daemon_->startSeconds);
+  gShared = c;
+  return c;
+}
+
+}  // namespace crb::libvirt
