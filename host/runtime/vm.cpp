@@ -332,18 +332,20 @@ Result<QemuInstance*> VmSandbox::relaunch(const std::vector<std::string>& extraA
 }
 
 Status VmSandbox::moveHostForwards(QemuInstance& from, QemuInstance& to) {
-  auto hmp = [](QemuInstance& q, const std::string& line) -> Status {
+  // HMP answers in prose: hostfwd_remove says "... removed" on success, hostfwd_add says nothing.
+  auto hmp = [](QemuInstance& q, const std::string& line, bool expectRemoved) -> Status {
     if (!q.qmp) return makeError(fmt::format("QEMU ({}) has no QMP connection", q.tag));
     CRB_ASSIGN(Json out, q.qmp->execute("human-monitor-command", Json{{"command-line", line}}, milliseconds(5000)));
     std::string text = out.is_string() ? out.get<std::string>() : "";
-    if (!text.empty() && text.find_first_not_of(" \r\n") != std::string::npos)
-      return makeError(fmt::format("QEMU ({}) '{}': {}", q.tag, line, text));
+    bool blank = text.find_first_not_of(" \r\n") == std::string::npos;
+    bool ok = expectRemoved ? text.find("removed") != std::string::npos : blank;
+    if (!ok) return makeError(fmt::format("QEMU ({}) '{}': {}", q.tag, line, blank ? "no confirmation" : text));
     return success();
   };
-  CRB_CHECK(hmp(from, fmt::format("hostfwd_remove n0 udp:127.0.0.1:{}", udpPort_)));
-  CRB_CHECK(hmp(from, fmt::format("hostfwd_remove n0 tcp:127.0.0.1:{}", tcpPort_)));
-  CRB_CHECK(hmp(to, fmt::format("hostfwd_add n0 udp:127.0.0.1:{}-:{}", udpPort_, kAgentEchoPort)));
-  CRB_CHECK(hmp(to, fmt::format("hostfwd_add n0 tcp:127.0.0.1:{}-:{}", tcpPort_, kAgentControlPort)));
+  CRB_CHECK(hmp(from, fmt::format("hostfwd_remove n0 udp:127.0.0.1:{}", udpPort_), true));
+  CRB_CHECK(hmp(from, fmt::format("hostfwd_remove n0 tcp:127.0.0.1:{}", tcpPort_), true));
+  CRB_CHECK(hmp(to, fmt::format("hostfwd_add n0 udp:127.0.0.1:{}-:{}", udpPort_, kAgentEchoPort), false));
+  CRB_CHECK(hmp(to, fmt::format("hostfwd_add n0 tcp:127.0.0.1:{}-:{}", tcpPort_, kAgentControlPort), false));
   return success();
 }
 

@@ -24,7 +24,7 @@ namespace crb {
 namespace {
 
 // Bump when the initramfs layout changes so stale cache entries are not reused.
-constexpr int kInitramfsFormat = 1;
+constexpr int kInitramfsFormat = 2;
 
 // Modules the guest needs for the agent's network (virtio-net over virtio-pci); their
 // dependencies (virtio, virtio_ring, failover, net_failover, ...) are found from modinfo.
@@ -93,7 +93,7 @@ std::string treeFingerprint(const fs::path& root) {
   for (auto it = fs::recursive_directory_iterator(root, ec); !ec && it != fs::end(it); it.increment(ec)) {
     struct stat st {};
     if (::lstat(it->path().c_str(), &st) != 0) continue;
-    lines.push_back(fmt::format("{} {:o} {} {}", fs::relative(it->path(), root).string(), st.st_mode,
+    lines.push_back(fmt::format("{} {:o} {} {}", it->path().lexically_relative(root).string(), st.st_mode,
                                 st.st_size, st.st_mtim.tv_sec));
   }
   std::sort(lines.begin(), lines.end());
@@ -265,7 +265,7 @@ Status writeInitramfs(const fs::path& rootfs, const std::vector<CpioExtraFile>& 
   std::vector<fs::path> entries;
   std::error_code ec;
   for (auto it = fs::recursive_directory_iterator(rootfs, ec); !ec && it != fs::end(it); it.increment(ec))
-    entries.push_back(fs::relative(it->path(), rootfs));
+    entries.push_back(it->path().lexically_relative(rootfs));
   if (ec) return sysError("list rootfs " + rootfs.string(), ec.value());
   std::sort(entries.begin(), entries.end());
   CpioBuilder cpio;

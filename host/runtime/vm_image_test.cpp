@@ -116,6 +116,8 @@ TEST(VmImage, InitramfsIsNewcCpioWithOverlayAndConsole) {
   ASSERT_TRUE(writeFileAtomic(d / "rootfs/init", "#!/bin/sh\n", 0755).ok());
   ASSERT_TRUE(writeFileAtomic(d / "rootfs/etc/crbench/scenario.json", "{}").ok());
   fs::create_symlink("/init", d / "rootfs/bin/agent");
+  ASSERT_TRUE(writeFileAtomic(d / "rootfs/bin/busybox", "bb", 0755).ok());
+  fs::create_symlink("busybox", d / "rootfs/bin/sh");
   std::vector<CpioExtraFile> extra = {{"/etc/crbench/modules.list", {}, "/lib/modules/crbench/a.ko\n", 0644},
                                       {"/lib/modules/crbench/a.ko", {}, "module-bytes", 0644}};
   ASSERT_TRUE(writeInitramfs(d / "rootfs", extra, d / "out/initrd.gz").ok());
@@ -123,7 +125,7 @@ TEST(VmImage, InitramfsIsNewcCpioWithOverlayAndConsole) {
   ASSERT_TRUE(r.ok());
   if (r->exitCode != 0 || r->out.empty()) GTEST_SKIP() << "cpio not installed: " << r->describe();
   for (auto name : {"init", "etc/crbench/scenario.json", "etc/crbench/modules.list",
-                    "lib/modules/crbench/a.ko", "dev/console", "bin/agent -> /init"})
+                    "lib/modules/crbench/a.ko", "dev/console", "bin/agent -> /init", "bin/sh -> busybox"})
     EXPECT_NE(r->out.find(name), std::string::npos) << name << "\n" << r->out;
   // Same input, same bytes (cache keys rely on it).
   ASSERT_TRUE(writeInitramfs(d / "rootfs", extra, d / "out/again.gz").ok());
