@@ -269,10 +269,13 @@ static Result<int> openDeleted(RestoreCtx& c, const FileDesc& f, RawImageReader&
   return out;
 }
 
-Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs) {
-  CRB_CHECK(createPipes(c, blobs));
+Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass) {
+  if (!memfdPass) CRB_CHECK(createPipes(c, blobs));
   std::map<int, bool> pipeEndUsed;  // pipe id*2+end -> first description took the pipe's own fd
   for (auto& f : c.tree.files) {
+    // blobs.img order is pipes, deleted files, shmem: memfd descriptions come in a second pass,
+    // after the shmem objects exist.
+    if ((f.kind == "memfd") != memfdPass) continue;
     std::string what = f.kind + " " + f.path;
     int fd = -1;
     int openFlags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);

@@ -104,7 +104,7 @@ struct RestoreCtx {
 
 // Tracer-side preparation, before the first process is cloned (everything opened here is
 // inherited by the whole tree at fds >= fdBase).
-Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs);   // files.cpp (+pipes, shmem)
+Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass);   // files.cpp (+pipes, shmem)
 Status createPipes(RestoreCtx& c, RawImageReader& blobs);           // pipes.cpp
 Status createShmemObjects(RestoreCtx& c, RawImageReader& blobs);    // memory.cpp
 Status openMappedFiles(RestoreCtx& c);                              // memory.cpp

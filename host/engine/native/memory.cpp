@@ -196,11 +196,12 @@ Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
     std::string where = fmt::format("mapping {:#x}-{:#x} {} of pid {}", m.start, m.end, m.path, pid);
     for (const char* f : {"um", "uw", "ui"})
       if (hasFlag(m.vmflags, f)) c.refuse("userfaultfd-registered " + where);
-    if (hasFlag(m.vmflags, "io") || hasFlag(m.vmflags, "pf")) c.refuse("device (I/O) " + where);
+    bool special = m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]";
+    if (!special && (hasFlag(m.vmflags, "io") || hasFlag(m.vmflags, "pf"))) c.refuse("device (I/O) " + where);
     if (hasFlag(m.vmflags, "lo")) c.refuse("mlock()ed " + where);
     uint64_t dev = makedev(m.devMajor, m.devMinor);
     bool deleted = m.path.size() > 10 && m.path.compare(m.path.size() - 10, 10, " (deleted)") == 0;
-    if (m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]") {
+    if (special) {
       v.kind = m.path.substr(1, m.path.size() - 2);
     } else if (m.path.rfind("[", 0) == 0 && m.path != "[heap]" && m.path != "[stack]" &&
                m.path.rfind("[anon:", 0) != 0) {

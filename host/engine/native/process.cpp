@@ -153,6 +153,9 @@ Status Seizure::finishInjection(pid_t pid) {
 
 Status Seizure::killAll() {
   for (pid_t p : order) ::kill(p, SIGKILL);
+  // As their tracer we must collect each dead thread before its parent can: non-leaders first,
+  // a group leader is reported only after the rest of its group.
+  std::stable_partition(seized_.begin(), seized_.end(), [&](pid_t t) { return !procs.count(t); });
   for (pid_t t : seized_) {
     int st;
     while (::waitpid(t, &st, __WALL) < 0 && errno == EINTR) {
@@ -160,6 +163,14 @@ Status Seizure::killAll() {
   }
   seized_.clear();
   released_ = true;
+  // The pids must be free again before a restore can take them: wait until every process but
+  // the root (whose parent reaps it) is gone, reaped by its new parent.
+  for (int i = 0; i < 300; i++) {
+    bool any = false;
+    for (size_t k = 1; k < order.size(); k++) any = any || ::kill(order[k], 0) == 0;
+    if (!any) break;
+    ::usleep(10000);
+  }
   return success();
 }
 

@@ -205,8 +205,9 @@ Status Restorer::run() {
   c_.fdBase = maxFd + 1;
   if (rlim_t(c_.fdBase) + 4096 > nofile.rlim_cur) return makeError("the tree uses fd numbers beyond crbench's fd limit");
   CRB_ASSIGN(auto blobs, RawImageReader::open(c_.dir, "blobs.img"));
-  CRB_CHECK(openFilesForRestore(c_, blobs));
+  CRB_CHECK(openFilesForRestore(c_, blobs, false));
   CRB_CHECK(createShmemObjects(c_, blobs));
+  CRB_CHECK(openFilesForRestore(c_, blobs, true));
   CRB_CHECK(blobs.verifyComplete());
   CRB_CHECK(openMappedFiles(c_));
   CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
