@@ -1,0 +1,212 @@
+"""The native engine (`crbench cr`) on plain process trees: every self-checking test program and
+real programs (busybox sh, python3) through dump -> restore; refusals; leave-running; a damaged
+image; and the dumper SIGKILLed at random points leaving the workload running and unfrozen."""
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import crbench_bin
+
+PROGS = ["tp_memory", "tp_threads", "tp_forktree", "tp_files", "tp_signals", "tp_mapshared",
+         "tp_session", "tp_itimer"]
+
+
+def need_root():
+    if os.geteuid() != 0:
+        pytest.skip("the native engine needs root (ptrace of any process, clone3 set_tid)")
+
+
+def prog(name):
+    p = Path(os.environ.get("CRBENCH_BUILD", "")) / "host" / "engine" / "native" / name
+    if not p.exists():
+        pytest.skip(f"{p} not built (engines option without native?)")
+    return str(p)
+
+
+def cr(*args, timeout=120):
+    return subprocess.run([crbench_bin(), "cr", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, close_fds=True)
+
+
+def wait_for(path, text, timeout=20):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and text in path.read_text():
+            return True
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never showed {text!r}: {path.read_text() if path.exists() else ''}")
+
+
+def start(argv, tmp_path):
+    log = tmp_path / "out.log"
+    f = open(log, "w")
+    # A fresh session so the tree holds no terminal and no fd of pytest's.
+    p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True)
+    f.close()
+    return p, log
+
+
+@pytest.mark.parametrize("name", PROGS)
+def test_program_survives_dump_restore(name, tmp_path):
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog(name), str(go)], tmp_path)
+    wait_for(log, "READY")
+    d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img")
+    assert d.returncode == 0, d.stderr
+    assert p.wait(timeout=10) == -signal.SIGKILL  # stop-and-copy: the original is gone
+    s = cr("show", tmp_path / "img")
+    assert s.returncode == 0 and "all checksums verified" in s.stdout, s.stderr
+    go.touch()
+    r = cr("restore", "--images", tmp_path / "img")
+    out = log.read_text()
+    assert r.returncode == 0 and "PASS" in out, f"restore: {r.stderr}\nprogram: {out}"
+
+
+def test_refuses_unsupported_and_leaves_tree_running(tmp_path):
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_refuse"), str(go)], tmp_path)
+    wait_for(log, "READY")
+    d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img")
+    assert d.returncode != 0
+    for what in ["unsupported: fd 3", "socket:[", "anon_inode:[eventpoll]", "SysV shm segment"]:
+        assert what in d.stderr, d.stderr
+    assert not (tmp_path / "img" / "inventory.img").exists()
+    go.touch()
+    assert p.wait(timeout=10) == 0 and "PASS" in log.read_text()
+
+
+def test_leave_running_then_restore_the_copy(tmp_path):
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_signals"), str(go)], tmp_path)
+    wait_for(log, "READY")
+    d = cr("dump", "--leave-running", "--tree", p.pid, "--images", tmp_path / "img")
+    assert d.returncode == 0, d.stderr
+    go.touch()
+    assert p.wait(timeout=10) == 0, log.read_text()  # the original carried on, untouched
+    r = cr("restore", "--images", tmp_path / "img")  # its pid is free again: restore the copy
+    # The copy writes its PASS at the file offset it had at dump time, over the original's.
+    assert r.returncode == 0 and "exited with status 0" in r.stderr, r.stderr + log.read_text()
+
+
+def test_busybox_sh_loop_continues(tmp_path):
+    need_root()
+    bb = shutil.which("busybox")
+    if not bb:
+        pytest.skip("busybox not installed")
+    count = tmp_path / "count"
+    script = f'i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo $i > {count}; sleep 0.02; done'
+    p, _ = start([bb, "sh", "-c", script], tmp_path)
+    wait_for(count, "5")
+    d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img")
+    assert d.returncode == 0, d.stderr
+    p.wait(timeout=10)
+    before = int(count.read_text())
+    time.sleep(0.2)
+    assert int(count.read_text()) == before
+    r = cr("restore", "--detach", "--images", tmp_path / "img")
+    assert r.returncode == 0, r.stderr
+    try:
+        end = time.monotonic() + 20
+        while int(count.read_text() or 0) < before + 5 and time.monotonic() < end:
+            time.sleep(0.05)
+        now = int(count.read_text())
+        assert now >= before + 5, f"counter stuck at {now} (dumped at {before})"
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+
+
+PY = r'''
+import sys, os, time, hashlib
+go = sys.argv[1]
+h = hashlib.sha256(); n = 0; data = {}
+print("READY", os.getpid(), flush=True)
+while not os.path.exists(go):
+    n += 1; h.update(str(n).encode()); data[n % 1000] = n
+    if n % 10000 == 0: time.sleep(0.001)
+for _ in range(100000): n += 1; h.update(str(n).encode()); data[n % 1000] = n
+ref = hashlib.sha256()
+for i in range(1, n + 1): ref.update(str(i).encode())
+ok = ref.hexdigest() == h.hexdigest() and all(data[k % 1000] == k for k in range(n - 999, n + 1))
+print("PASS" if ok else "FAIL", n, flush=True)
+sys.exit(0 if ok else 1)
+'''
+
+
+def test_python_computation_continues(tmp_path):
+    need_root()
+    (tmp_path / "comp.py").write_text(PY)
+    go = tmp_path / "go"
+    p, log = start(["/usr/bin/python3", str(tmp_path / "comp.py"), str(go)], tmp_path)
+    wait_for(log, "READY")
+    time.sleep(0.3)
+    d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img")
+    assert d.returncode == 0, d.stderr
+    p.wait(timeout=10)
+    go.touch()
+    r = cr("restore", "--images", tmp_path / "img")
+    assert r.returncode == 0 and "PASS" in log.read_text(), r.stderr + log.read_text()
+
+
+def test_damaged_images_are_refused_naming_the_file(tmp_path):
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_memory"), str(go)], tmp_path)
+    wait_for(log, "READY")
+    d = cr("dump", "--leave-running", "--tree", p.pid, "--images", tmp_path / "img")
+    assert d.returncode == 0, d.stderr
+    go.touch()
+    p.wait(timeout=30)
+    img = tmp_path / "img"
+    pages = next(img.glob("pages-*.img"))
+    bad = tmp_path / "bad"
+    shutil.copytree(img, bad)
+    with open(bad / pages.name, "r+b") as f:  # flip a byte in the page data
+        f.seek(4096 * 10)
+        b = f.read(1)
+        f.seek(4096 * 10)
+        f.write(bytes([b[0] ^ 0xff]))
+    r = cr("restore", "--images", bad)
+    assert r.returncode != 0 and pages.name in r.stderr and "corrupted" in r.stderr, r.stderr
+    trunc = tmp_path / "trunc"
+    shutil.copytree(img, trunc)
+    core = next(trunc.glob("core-*.img"))
+    os.truncate(core, core.stat().st_size // 2)
+    for args in (["show", trunc], ["restore", "--images", trunc]):
+        r = cr(*args)
+        assert r.returncode != 0 and core.name in r.stderr and "truncated" in r.stderr, r.stderr
+    # A restore that failed midway leaves no process behind (the pid is free again).
+    assert not Path(f"/proc/{p.pid}").exists() or "Z" in Path(f"/proc/{p.pid}/stat").read_text().split()[2]
+
+
+def test_dumper_killed_at_random_points_leaves_workload_running(tmp_path):
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_threads"), str(go)], tmp_path)
+    wait_for(log, "READY")
+    rng = random.Random(7)
+    for i in range(20):
+        img = tmp_path / f"img{i}"
+        d = subprocess.Popen([crbench_bin(), "cr", "dump", "--leave-running", "--no-sync", "--tree",
+                              str(p.pid), "--images", str(img)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+        time.sleep(rng.uniform(0, 0.08))
+        d.kill()
+        d.wait()
+        status = Path(f"/proc/{p.pid}/status").read_text()
+        assert "TracerPid:\t0" in status, f"run {i}: still traced"
+        state = [l for l in status.splitlines() if l.startswith("State:")][0]
+        assert "t (tracing stop)" not in state and "T (stopped)" not in state, f"run {i}: {state}"
+    go.touch()
+    assert p.wait(timeout=20) == 0, log.read_text()
+    assert "PASS" in log.read_text()
