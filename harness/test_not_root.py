@@ -12,6 +12,7 @@ from conftest import crbench_bin, run_crbench
 NEEDS_ROOT = [
     ["run", "counter", "--runtime", "container", "--engine", "pause"],
     ["run", "counter", "--runtime", "vm", "--engine", "pause"],
+    ["compare", "counter"],
 ]
 
 
@@ -21,7 +22,7 @@ def subcommands():
     return set(re.findall(r"^\s+([a-z][a-z0-9-]*)\s", section, re.M))
 
 
-@pytest.mark.parametrize("args", NEEDS_ROOT, ids=lambda a: "-".join(a[:1] + a[2:4]))
+@pytest.mark.parametrize("args", NEEDS_ROOT, ids=lambda a: "-".join(a[:1] + a[3:4]))
 def test_refuses_non_root_clearly(args, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to user nobody")
