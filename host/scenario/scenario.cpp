@@ -240,7 +240,7 @@ Status applyOverrides(const Ctx& ctx, const std::vector<std::string>& overrides,
     auto v = parseOverrideValue(val, s.params[key]);
     if (!v.ok())
       return ctx.file(fmt::format("parameter override '{}': {}", o, v.error().message),
-                      fmt::format("parameter '{}' is a {} (default {})", key,
+                      fmt::format("parameter '{}' has type {} (default {})", key,
                                   jsonTypeName(s.params[key]), paramText(s.params[key])));
     s.params[key] = std::move(v).value();
   }
