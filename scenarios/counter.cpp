@@ -139,9 +139,20 @@ int run(long hz, long mib, const std::string& statePath) {
   return 0;
 }
 
+// The state file appears with the first tick: right after the sandbox started, wait for it a
+// little instead of failing a check on a start-up race.
+bool readStateWaiting(const char* path, State& s, long timeoutMs) {
+  for (long waited = 0;; waited += 5) {
+    if (readState(path, s)) return true;
+    if (waited >= timeoutMs) return false;
+    timespec d{0, 5000000};
+    ::nanosleep(&d, nullptr);
+  }
+}
+
 int readCmd(const char* path, const char* field) {
   State s;
-  if (!readState(path, s)) {
+  if (!readStateWaiting(path, s, 2000)) {
     std::fprintf(stderr, "crb-counter: cannot read state %s (is the counter running?)\n", path);
     return 1;
   }
@@ -159,7 +170,7 @@ int readCmd(const char* path, const char* field) {
 
 int verifyCmd(const char* path, long timeoutMs) {
   State first;
-  if (!readState(path, first)) {
+  if (!readStateWaiting(path, first, timeoutMs)) {
     std::fprintf(stderr, "crb-counter: cannot read state %s (is the counter running?)\n", path);
     return 1;
   }
