@@ -156,3 +156,28 @@ def test_not_root(tmp_path):
                         "run", "counter", "--runtime", "container"], capture_output=True, text=True, timeout=60)
     assert p.returncode != 0
     assert "root" in p.stderr
+
+
+def test_interrupt_tears_down(results_dir):
+    import signal
+    import time
+    proc = subprocess.Popen([crbench_bin(), "run", "counter", "--runtime", "container", "--warmup-ms", "20000",
+                             "--results", str(results_dir), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # Interrupt once the sandbox exists (its runtime dir appears), i.e. during the warm-up.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(Path(results_dir).glob("*.json")):
+            break
+        rdirs = [d for d in Path("/run/crbench").glob("c*") if (d / "agent.log").exists()] \
+            if Path("/run/crbench").exists() else []
+        if rdirs:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    rec = json.loads(out)
+    assert rec["status"] == "failed" and "interrupted" in rec["error"]["message"]
+    assert_nothing_left(rec)

@@ -1,5 +1,8 @@
 // crbench run <scenario> --runtime container|vm [--engine pause] [--mode M] [--engine-opt k=v]
 //                        [--param k=v] [--results DIR] [--json]
+#include <signal.h>
+
+#include <atomic>
 #include <cstdio>
 
 #include "cli/command.hpp"
@@ -9,6 +12,9 @@
 
 namespace crb {
 namespace {
+
+std::atomic<bool> gInterrupted{false};
+void onInterrupt(int) { gInterrupted = true; }
 
 std::string fmtMs(const Json& v) { return v.is_number() ? fmt::format("{:.1f} ms", v.get<double>()) : "n/a"; }
 
@@ -40,14 +46,16 @@ void printSummary(const RunOutcome& o) {
   Json start = get({"sandbox", "start_ms"});
   if (start.is_null()) start = get({"sandbox", "boot_ms"});
   std::printf("  sandbox start:   %s (agent answering)\n", fmtMs(start).c_str());
-  std::printf("  downtime:        %s (longest probe-reply gap, %s probes, %s lost)\n", fmtMs(r["downtime_ms"]).c_str(),
-              get({"probe", "stats", "sent"}).dump().c_str(), get({"probe", "stats", "lost"}).dump().c_str());
+  Json sent = get({"probe", "stats", "sent"}), lost = get({"probe", "stats", "lost"});
+  std::printf("  downtime:        %s (longest probe-reply gap; %s probes, %s lost)\n", fmtMs(r["downtime_ms"]).c_str(),
+              sent.is_null() ? "no" : sent.dump().c_str(), lost.is_null() ? "-" : lost.dump().c_str());
   std::printf("  checkpoint:      %s\n", fmtMs(get({"timings_ms", "checkpoint"})).c_str());
   std::printf("  restore:         %s\n", fmtMs(get({"timings_ms", "restore"})).c_str());
   std::printf("  first reply after restore: %s\n", fmtMs(get({"timings_ms", "first_reply_after_restore"})).c_str());
   std::printf("  image size:      %s apparent, %s allocated\n", fmtBytes(get({"image", "apparent_bytes"})).c_str(),
               fmtBytes(get({"image", "allocated_bytes"})).c_str());
-  std::printf("  fidelity:        %s\n", get({"fidelity", "verdict"}).dump().c_str());
+  Json verdict = get({"fidelity", "verdict"});
+  std::printf("  fidelity:        %s\n", verdict.is_string() ? verdict.get<std::string>().c_str() : "none");
   for (auto& c : get({"fidelity", "checks"}).is_array() ? r["fidelity"]["checks"] : Json::array())
     std::printf("    %-15s %-26s %s\n", c.value("result", std::string()).c_str(), c.value("name", std::string()).c_str(),
                 c.value("detail", std::string()).c_str());
@@ -90,7 +98,16 @@ std::function<int()> setupRun(CLI::App& app, GlobalOptions& global) {
     if (auto st = requireRoot("crbench run"); !st.ok()) return reportError(st.error());
     if (auto st = validateRunSpec(spec); !st.ok()) return reportError(st.error());
     if (!a->json) spec.progress = [](const std::string& s) { std::fprintf(stderr, "crbench: %s\n", s.c_str()); };
+    // Ctrl-C / SIGTERM: finish the current step, tear the sandbox down, write the record.
+    struct sigaction sa {};
+    sa.sa_handler = onInterrupt;
+    sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &sa, nullptr);
+    spec.cancelled = [] { return gInterrupted.load(); };
     RunOutcome o = runOnce(spec);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
     if (a->json)
       std::printf("%s\n", o.record.dump(1).c_str());
     else
@@ -99,6 +116,7 @@ std::function<int()> setupRun(CLI::App& app, GlobalOptions& global) {
       std::fprintf(stderr, "crbench: error: could not write the run record: %s\n", o.writeError.c_str());
       return 1;
     }
+    if (gInterrupted) return 130;
     if (o.status == "ok") return 0;
     return o.status == "unsupported" ? 3 : 1;
   };

@@ -224,6 +224,20 @@ RunOutcome runOnce(const RunSpec& spec) {
     return out;
   };
 
+  auto stopRequested = [&] { return spec.cancelled && spec.cancelled(); };
+  auto interrupted = [&](const std::string& phase) {
+    return finish("failed", makeError("interrupted; the sandbox was torn down"), phase);
+  };
+  // Sleep that ends early when the run is cancelled; false when it was.
+  auto waitMs = [&](int ms) {
+    auto until = Clock::now() + std::chrono::milliseconds(ms);
+    while (Clock::now() < until) {
+      if (stopRequested()) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(ms, 20)));
+    }
+    return !stopRequested();
+  };
+
   try {
     // 1. What to run, and can this engine do it here?
     auto sc = loadScenario(spec.scenario, spec.params);
@@ -254,6 +268,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     if (!sb.ok()) return finish("failed", sb.error(), "sandbox-start");
     sandbox = std::move(sb).value();
     rec["sandbox"] = sandbox->describe();
+    if (stopRequested()) return interrupted("sandbox-start");
     auto agentUp = waitForAgent(*sandbox, std::chrono::seconds(30));
     if (!agentUp.ok()) return finish("failed", agentUp.error(), "agent");
     auto sock = sandbox->openProbeSocket();
@@ -262,7 +277,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     if (auto st = prober->start(); !st.ok()) return finish("failed", st.error(), "prober");
     if (!prober->waitForReplies(10, 0, 5000))
       return finish("failed", makeError("the agent does not answer UDP probes on port 7700"), "prober");
-    std::this_thread::sleep_for(std::chrono::milliseconds(spec.warmupMs));
+    if (!waitMs(spec.warmupMs)) return interrupted("warm-up");
 
     // 3. State before.
     progress("taking the state digest before the checkpoint");
@@ -306,6 +321,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     rec["image"] = {{"dir", imageDir.string()}, {"apparent_bytes", du.apparentBytes},
                     {"allocated_bytes", du.allocatedBytes}, {"files", du.files}, {"kept", spec.keepImage}};
 
+    if (stopRequested()) return interrupted("checkpoint");
     // 5. Restore.
     progress("restore");
     auto u2 = usageNow();
@@ -324,7 +340,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     }
     rec["engine_report"]["restore"] = phaseJson(*rs, u2, u3, rsMs);
     bool replied = prober->waitForReplies(1, rsEnd, spec.firstReplyTimeoutMs);
-    std::this_thread::sleep_for(std::chrono::milliseconds(spec.settleMs));
+    if (!waitMs(spec.settleMs)) return interrupted("restore");
 
     // 6. State after, then the measurements.
     progress("taking the state digest after the restore");

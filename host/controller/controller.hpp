@@ -32,6 +32,9 @@ struct RunSpec {
   bool keepImage = false;    // else removed after its size was measured
   bool verbose = false;
   std::function<void(const std::string&)> progress;  // one line per phase, for humans
+  // Polled between phases and during waits: true ends the run as failed ("interrupted") after
+  // tearing everything down (crbench run sets it from SIGINT/SIGTERM).
+  std::function<bool()> cancelled;
 };
 
 struct RunOutcome {
