@@ -450,6 +450,7 @@ Json VmSandbox::describe() const {
   j["image_hash"] = boot_.imageHash;
   j["ports"] = {{"udp_echo", udpPort_}, {"tcp_control", tcpPort_}};
   j["run_dir"] = runDir_.string();
+  j["runtime_dir"] = runDir_.string();
   if (current_) {
     j["qemu_pid"] = current_->pid;
     j["qemu_tag"] = current_->tag;

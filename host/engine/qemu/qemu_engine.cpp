@@ -355,6 +355,15 @@ class QemuEngine : public Engine {
 
   Result<PhaseReport> restoreFromFile(VmSandbox& vm, const CheckpointContext& ctx) {
     PhaseReport r;
+    // Test hook (--engine-opt damage=truncate): cut the stream in half before the restore, so the
+    // refusal path can be exercised end to end through `crbench run`.
+    if (ctx.options.value("damage", "") == "truncate") {
+      fs::path stream = ctx.imageDir / kQemuVmstateFile;
+      std::error_code ec;
+      auto size = fs::file_size(stream, ec);
+      if (!ec) fs::resize_file(stream, size / 2, ec);
+      r.notes.push_back("image damaged on request (damage=truncate)");
+    }
     auto tv = Clock::now();
     CRB_ASSIGN(Json manifest, verifyQemuImage(ctx.imageDir));
     r.phasesMs["verify"] = msSince(tv);
