@@ -18,7 +18,7 @@ namespace crb {
 namespace {
 
 // Bump when the layout of the image changes, so old cache entries are not reused.
-constexpr int kImageFormat = 1;
+constexpr int kImageFormat = 2;
 constexpr const char* kBusybox = "/bin/busybox";
 
 const char* kPasswd =
@@ -27,6 +27,18 @@ const char* kPasswd =
 const char* kGroup = "root:x:0:\nnogroup:x:65534:\n";
 const char* kHosts = "127.0.0.1\tlocalhost\n::1\tlocalhost\n";
 const char* kNsswitch = "passwd: files\ngroup: files\nhosts: files\n";
+
+// A link target relative to the directory the link really lives in (through the image's
+// merged-/usr links, which mirror the host's). Absolute targets are resolved by whoever follows
+// them: a host-side tool walking the rootfs (cpio writer, overlay set-up) would land on the host's
+// own files instead of the image's.
+std::string relativeTarget(const fs::path& link, const fs::path& target) {
+  if (!target.is_absolute()) return target.string();
+  std::error_code ec;
+  fs::path realParent = fs::weakly_canonical(link.parent_path(), ec);
+  if (ec) realParent = link.parent_path();
+  return target.lexically_normal().lexically_relative(realParent).string();
+}
 
 // One file of the image: where it comes from on the host (or its literal content) and its mode.
 struct Entry {
@@ -149,7 +161,7 @@ class Plan {
       if (S_ISLNK(st.st_mode)) {
         auto target = fs::read_symlink(it->path(), ec);
         if (ec) return sysError("readlink " + it->path().string(), ec.value());
-        addLink(it->path(), target.string());
+        addLink(it->path(), relativeTarget(it->path(), target));
       } else if (S_ISDIR(st.st_mode)) {
         addDir(it->path(), st.st_mode & 07777);
       } else if (S_ISREG(st.st_mode)) {
@@ -241,7 +253,7 @@ Result<Plan> planImage(const Scenario& s) {
   std::istringstream ss(applets->out);
   std::string applet;
   while (std::getline(ss, applet))
-    if (!applet.empty() && applet != "bin/busybox") plan.addLink("/" + applet, kBusybox);
+    if (!applet.empty() && applet != "bin/busybox") plan.addLink("/" + applet, relativeTarget("/" + applet, fs::canonical(kBusybox)));
 
   fs::path agentBin = guestAgentBinary();
   if (!fs::is_regular_file(agentBin, ec))
