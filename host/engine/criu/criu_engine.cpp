@@ -228,9 +228,8 @@ class FreezerWatch {
   std::thread thread_;
 };
 
-Status killPids(const std::vector<pid_t>& pids) {
+void killPids(const std::vector<pid_t>& pids) {
   for (pid_t p : pids) ::kill(p, SIGKILL);
-  return success();
 }
 
 // Wait until the container's cgroup holds no process (after killing them), bounded.
@@ -275,6 +274,14 @@ std::string recoverWorkload(ContainerSandbox& c, pid_t init) {
     if (auto s = c.thaw(5s); !s.ok()) problems.push_back(s.error().message);
   }
   std::string state;
+  if (processAlive(init) && !c.waitForAgentPing(3s).ok()) {
+    // Seen here when CRIU was killed while its parasite was inside the agent: the tasks exist,
+    // untraced and thawed, but no longer run their own code.
+    state = fmt::format("workload thawed but NOT answering (its agent does not reply to ping within 3 s; CRIU was "
+                        "probably killed while its parasite code was inside the tree)");
+    for (auto& p : problems) state += "; " + p;
+    return state;
+  }
   if (!processAlive(init)) {
     state = fmt::format("the workload is gone (container init {} no longer exists)", init);
   } else {
@@ -373,6 +380,17 @@ Result<PhaseReport> CriuEngine::checkpoint(Sandbox& sandbox, const CheckpointCon
 
   bool leave = mode == modes::kLeaveRunning;
   bool tcp = optFlag(ctx.options, "tcp-established");
+  // A pid-namespace init that never called setsid() keeps the host session of whoever cloned it,
+  // which CRIU refuses ("session leader ... outside of its pid namespace"), --shell-job included.
+  bool inheritedSession = false;
+  if (auto st = readFile(fmt::format("/proc/{}/stat", init)); st.ok()) {
+    auto p = st->rfind(')');
+    std::istringstream in(p == std::string::npos ? std::string() : st->substr(p + 2));
+    std::string state;
+    long ppid = 0, pgrp = 0, session = 0;
+    in >> state >> ppid >> pgrp >> session;
+    inheritedSession = session != init;
+  }
   bool shellJob = optFlag(ctx.options, "shell-job");
   bool extUnix = optFlag(ctx.options, "ext-unix-sk");
   std::vector<std::string> argv = {bin.path, "dump", "-t", std::to_string(init), "-D", ctx.imageDir.string(),
@@ -404,9 +422,13 @@ Result<PhaseReport> CriuEngine::checkpoint(Sandbox& sandbox, const CheckpointCon
     std::string why = rr.ok() ? (rr->timedOut ? fmt::format("killed after {:.0f} ms", wallMs) : rr->describe())
                               : rr.error().text();
     std::string state = recoverWorkload(*c, init);
+    std::string hint = fmt::format("full log: {} (command: {})", (work / "dump.log").string(), joinArgs(argv));
+    if (inheritedSession)
+      hint = "the container's init never called setsid(): CRIU cannot dump a pid-namespace init whose session "
+             "leader is outside its namespace; the container runtime must setsid() in the child. " + hint;
     return makeError(fmt::format("criu dump of container {} failed ({}): {}; {}", c->id(), why,
                                  criuErrors(work / "dump.log"), state),
-                     fmt::format("full log: {} (command: {})", (work / "dump.log").string(), joinArgs(argv)));
+                     hint);
   }
   if (leave) ctx.mark("resumed");  // CRIU has detached from the tree by the time it exits
 
