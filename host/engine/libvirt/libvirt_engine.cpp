@@ -99,7 +99,7 @@ class JobSampler {
   Json summary() const {
     Json j = Json::object();
     j["samples"] = samples_;
-    if (!last_.is_null()) j["last_in_progress"] = last_;
+    if (!last_.is_null()) j["last_sample"] = last_;  // may already read "completed"
     return j;
   }
 
