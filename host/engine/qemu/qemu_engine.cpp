@@ -497,6 +497,12 @@ class QemuEngine : public Engine {
     ctx.mark("migrated");
     r.phasesMs["migrate"] = msSince(t0);
     if (switched) r.phasesMs["postcopy_switch_at"] = switchAtMs;
+    if (postcopy) {
+      r.engineFigures["postcopy_switch_requested"] = switched;
+      if (info->value("ram", Json::object()).value("postcopy-bytes", 0) == 0)
+        r.notes.push_back("post-copy: no page moved after the switch-over (the migration converged in pre-copy "
+                          "first); the figures are those of a pre-copy migration");
+    }
     r.engineFigures["query_migrate"] = migrationFigures(*info);
     r.engineFigures["settings"] = set.applied;
     r.engineFigures["capabilities"] = {{"postcopy-ram", postcopy}};

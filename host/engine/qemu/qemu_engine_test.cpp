@@ -159,6 +159,33 @@ TEST(QemuEngineVm, SaveRestoreTruncatedAndLiveMigration) {
   long c2 = count();
   EXPECT_GE(c2, c1);
 
+  // Leave-running (background-snapshot): the guest keeps its QEMU during the save; the restore
+  // replaces it with one loaded from the stream.
+  CheckpointContext bg;
+  bg.mode = modes::kLeaveRunning;
+  bg.imageDir = d / "bg";
+  fs::create_directories(bg.imageDir);
+  pid_t running = vm.qemuPid();
+  auto bcp = engine->checkpoint(vm, bg);
+  ASSERT_TRUE(bcp.ok()) << bcp.error().text();
+  std::printf("leave-running: %s\n", bcp->engineFigures.dump().c_str());
+  EXPECT_EQ(vm.qemuPid(), running);
+  EXPECT_TRUE(processAlive(running));
+  auto brs = engine->restore(vm, bg);
+  ASSERT_TRUE(brs.ok()) << brs.error().text();
+  EXPECT_GE(uptime(), up2);
+
+  // Post-copy to a second QEMU.
+  CheckpointContext pc;
+  pc.mode = modes::kPostCopy;
+  pc.imageDir = d / "pc";
+  fs::create_directories(pc.imageDir);
+  auto pcm = engine->checkpoint(vm, pc);
+  ASSERT_TRUE(pcm.ok()) << pcm.error().text();
+  std::printf("post-copy: %s\n", pcm->engineFigures.dump().c_str());
+  EXPECT_GE(uptime(), up2);
+  EXPECT_GE(count(), c2);
+
   fs::path run = vm.runDir();
   pid_t last = vm.qemuPid();
   ASSERT_TRUE(vm.stop().ok());
