@@ -40,6 +40,7 @@ struct Stat {
   std::string name;
   char state = '?';
   int ppid = 0;
+  bool kernelThread = false;
 };
 
 // /proc/pid/stat: "pid (comm) S ppid ..." where comm may contain spaces and parentheses.
@@ -50,7 +51,10 @@ bool readStat(int pid, Stat& st) {
   if (open == std::string::npos || close == std::string::npos || close + 4 > s.size()) return false;
   st.name = s.substr(open + 1, close - open - 1);
   std::istringstream rest(s.substr(close + 2));
-  rest >> st.state >> st.ppid;
+  long pgrp = 0, session = 0, tty = 0, tpgid = 0;
+  unsigned long flags = 0;
+  rest >> st.state >> st.ppid >> pgrp >> session >> tty >> tpgid >> flags;
+  st.kernelThread = (flags & 0x00200000UL) != 0;  // PF_KTHREAD
   return true;
 }
 
@@ -134,6 +138,9 @@ Json processDigest(int onlyTreeOf) {
   Json procs = Json::array();
   for (auto& [pid, st] : stats) {
     if (!inTree(pid)) continue;
+    // Kernel threads (seen in the VM) come and go with the kernel's work, not the workload's:
+    // listing them would make every VM digest comparison noisy.
+    if (st.kernelThread) continue;
     std::string base = "/proc/" + std::to_string(pid);
     Json p{{"pid", pid}, {"ppid", st.ppid}, {"name", st.name}, {"state", std::string(1, st.state)}};
     std::string cmd;
