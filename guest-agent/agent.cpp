@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -222,6 +223,8 @@ pid_t Agent::spawn(const std::vector<std::string>& argv, const std::map<std::str
   }
   if (pid == 0) {
     ::setsid();  // own process group: a timeout or shutdown kills the whole group
+    // As a plain process (tests) nothing reaps our children if we are killed: take them along.
+    if (opts_.mode == Mode::NoInit) ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     signal(SIGPIPE, SIG_DFL);
     signal(SIGCHLD, SIG_DFL);
     signal(SIGTERM, SIG_DFL);

@@ -82,8 +82,12 @@ class Agent:
 
     def close(self):
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            try:
+                self.call({"op": "shutdown"})
+                self.proc.wait(timeout=15)
+            except (OSError, subprocess.TimeoutExpired, AssertionError):
+                self.proc.kill()
+                self.proc.wait()
 
 
 @pytest.fixture
