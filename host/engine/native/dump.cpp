@@ -28,7 +28,7 @@ Json DumpStats::toJson() const {
               {"frozen_ms", frozenMs}};
 }
 
-Result<DumpStats> dumpTree(pid_t root, const std::filesystem::path& dir, const DumpOptions& opts) {
+static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& dir, const DumpOptions& opts) {
   if (::geteuid() != 0) return makeError("the native engine needs root (ptrace of any process, clone3 set_tid)", "run as root");
   CRB_CHECK(checkWritableDir(dir));
   if (std::filesystem::exists(dir / "inventory.img"))
@@ -101,14 +101,26 @@ Result<DumpStats> dumpTree(pid_t root, const std::filesystem::path& dir, const D
   for (auto& ps : c.tree.procs) inv["pids"].push_back(ps.pid);
   CRB_CHECK(writeJsonImage(dir, "inventory.img", inv, opts.sync));
   c.stats.phasesMs["write"] = msSince(t3);
+  c.stats.frozenMs = msSince(t0);
   if (opts.leaveRunning) {
     seizure.release();
   } else {
     CRB_CHECK(seizure.killAll());
   }
   opts.mark("resumed");
-  c.stats.frozenMs = msSince(t0);
   return c.stats;
+}
+
+Result<DumpStats> dumpTree(pid_t root, const std::filesystem::path& dir, const DumpOptions& opts) {
+  bool existed = std::filesystem::exists(dir / "inventory.img");
+  auto r = dumpTreeImpl(root, dir, opts);
+  // A failed dump leaves no partial image behind (the tree itself is already running again).
+  if (!r.ok() && !existed) {
+    std::error_code ec;
+    for (auto& e : std::filesystem::directory_iterator(dir, ec))
+      if (e.path().extension() == ".img") std::filesystem::remove(e.path(), ec);
+  }
+  return r;
 }
 
 }  // namespace crb::native
