@@ -24,7 +24,7 @@ namespace crb {
 namespace {
 
 // Bump when the initramfs layout changes so stale cache entries are not reused.
-constexpr int kInitramfsFormat = 2;
+constexpr int kInitramfsFormat = 3;
 
 // Modules the guest needs for the agent's network (virtio-net over virtio-pci); their
 // dependencies (virtio, virtio_ring, failover, net_failover, ...) are found from modinfo.
@@ -276,9 +276,12 @@ Status writeInitramfs(const fs::path& rootfs, const std::vector<CpioExtraFile>& 
     struct stat st {};
     if (::lstat(p.c_str(), &st) != 0) return sysError("stat " + p.string(), errno);
     unsigned perm = st.st_mode & 07777;
+    // Every path the rootfs has, whatever its type: the overlay must not emit a directory where
+    // the rootfs has a symlink (merged /usr: lib -> usr/lib), because the kernel's unpacker
+    // replaces an entry of another type, which would cut /lib off from the dynamic loader.
+    dirs.insert(rel.string());
     if (S_ISDIR(st.st_mode)) {
       cpio.add(rel.string(), S_IFDIR | perm, {});
-      dirs.insert(rel.string());
     } else if (S_ISREG(st.st_mode)) {
       CRB_ASSIGN(std::string data, readFile(p));
       cpio.add(rel.string(), S_IFREG | perm, data);

@@ -118,6 +118,9 @@ TEST(VmImage, InitramfsIsNewcCpioWithOverlayAndConsole) {
   fs::create_symlink("/init", d / "rootfs/bin/agent");
   ASSERT_TRUE(writeFileAtomic(d / "rootfs/bin/busybox", "bb", 0755).ok());
   fs::create_symlink("busybox", d / "rootfs/bin/sh");
+  // merged /usr: the module overlay goes under /lib, which must stay a symlink
+  fs::create_directories(d / "rootfs/usr/lib");
+  fs::create_symlink("usr/lib", d / "rootfs/lib");
   std::vector<CpioExtraFile> extra = {{"/etc/crbench/modules.list", {}, "/lib/modules/crbench/a.ko\n", 0644},
                                       {"/lib/modules/crbench/a.ko", {}, "module-bytes", 0644}};
   ASSERT_TRUE(writeInitramfs(d / "rootfs", extra, d / "out/initrd.gz").ok());
@@ -127,6 +130,8 @@ TEST(VmImage, InitramfsIsNewcCpioWithOverlayAndConsole) {
   for (auto name : {"init", "etc/crbench/scenario.json", "etc/crbench/modules.list",
                     "lib/modules/crbench/a.ko", "dev/console", "bin/agent -> /init", "bin/sh -> busybox"})
     EXPECT_NE(r->out.find(name), std::string::npos) << name << "\n" << r->out;
+  EXPECT_NE(r->out.find("lib -> usr/lib"), std::string::npos) << r->out;
+  EXPECT_EQ(r->out.find(" lib\n"), std::string::npos) << "a directory entry 'lib' would replace the symlink\n" << r->out;
   // Same input, same bytes (cache keys rely on it).
   ASSERT_TRUE(writeInitramfs(d / "rootfs", extra, d / "out/again.gz").ok());
   EXPECT_EQ(*readFile(d / "out/initrd.gz"), *readFile(d / "out/again.gz"));
