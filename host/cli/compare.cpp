@@ -2,6 +2,7 @@
 //                 [--param k=v] [--quick] [--results DIR] [--report DIR] [--json]
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "cli/command.hpp"
@@ -107,6 +108,12 @@ std::function<int()> setupCompare(CLI::App& app, GlobalOptions& global) {
       if (auto st = validateRunSpec(spec); !st.ok()) return reportError(st.error());
     }
 
+    // The "before" state must be the workload's steady state, not its start-up: programs with a
+    // start delay (Xvfb clients) or a first status after a second (the pty driver) need time before
+    // the digest, so probing before the checkpoint lasts at least 2 s past the last start delay.
+    double lastDelay = 0;
+    for (auto& prog : sc->programs) lastDelay = std::max(lastDelay, prog.startDelaySeconds);
+    int warmupMs = std::max(RunSpec{}.warmupMs, int(2000 + lastDelay * 1000));
     bool tty = ::isatty(STDERR_FILENO);
     auto progress = [tty, &global](const std::string& s) {
       if (tty || global.verbose) std::fprintf(stderr, "%s\n", s.c_str());
@@ -122,6 +129,7 @@ std::function<int()> setupCompare(CLI::App& app, GlobalOptions& global) {
       spec.mode = c.mode;
       spec.resultsDir = req.resultsDir;
       spec.writeRecord = false;  // written below with its compare block
+      spec.warmupMs = warmupMs;
       spec.verbose = global.verbose;
       if (global.verbose) spec.progress = [](const std::string& s) { std::fprintf(stderr, "    %s\n", s.c_str()); };
       return runOnce(spec).record;

@@ -56,7 +56,7 @@ TEST(CompareMatrix, BadInputIsRefusedWithTheValidChoices) {
   EXPECT_NE(e.error().text().find("criu, pause, qemu"), std::string::npos);
 
   r = req();
-  r.engines = {"pause"};
+  r.engines = {"criu", "pause"};
   r.modes = {"leave-running"};
   e = planMatrix(r, fakeEngines(), {"container"});
   ASSERT_FALSE(e.ok());
