@@ -4,7 +4,7 @@
 // "line 1", "line 2", ... with nothing lost or repeated.
 //   crb-ptydrive run [--file F] [--interval-ms MS] [--state DIR] -- EDITOR ARGS...
 //   crb-ptydrive check [--file F] [--state DIR]   exit 0: editor alive, file lines in sequence
-//   crb-ptydrive progress [--file F]              prints the number of saved lines
+//   crb-ptydrive progress [--state DIR]           prints the number of lines typed
 #include <poll.h>
 #include <pty.h>
 #include <sys/ioctl.h>
@@ -129,12 +129,11 @@ int check(int argc, char** argv) {
   return 0;
 }
 
+// Lines typed (and echoed) so far: grows every interval, unlike the saved lines (every fifth).
 int progress(int argc, char** argv) {
-  std::string text = crbw::readText(crbw::opt(argc, argv, "--file", "/tmp/crb-edit.txt"));
-  int n = 0;
-  for (char c : text) n += c == '\n';
-  std::printf("%d\n", n);
-  return 0;
+  std::string st = crbw::readText(crbw::opt(argc, argv, "--state", "/tmp/crb-ptydrive") + "/status");
+  std::printf("%s\n", crbw::field(st, "typed").c_str());
+  return st.empty() ? 1 : 0;
 }
 
 }  // namespace
