@@ -118,6 +118,12 @@ int prepareContainerChild(const ContainerChildPlan& plan, const char** failedSte
       return -errno;             \
     }                            \
   } while (0)
+  // The container's init leads its own session: otherwise it keeps the session of whoever cloned
+  // it (outside the pid namespace), which CRIU refuses to dump, and a terminal's ^C would reach it.
+  if (::setsid() < 0) {
+    *failedStep = "setsid";
+    return -errno;
+  }
   if (plan.netnsFd >= 0) CRB_STEP("setns(net)", ::setns(plan.netnsFd, CLONE_NEWNET));
   CRB_STEP("sethostname", ::sethostname(plan.hostname.data(), plan.hostname.size()));
   // Nothing we mount may propagate back to the host.
