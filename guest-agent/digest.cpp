@@ -93,7 +93,7 @@ Json fdInfo(const std::string& base, int fd) {
 
 Json mapsSummary(const std::string& base) {
   std::string maps;
-  uint64_t count = 0, bytes = 0, h = 0xcbf29ce484222325ULL;
+  uint64_t count = 0, bytes = 0, anonBytes = 0, h = 0xcbf29ce484222325ULL, layout = h;
   if (readText(base + "/maps", maps, 64 << 20)) {
     std::istringstream ss(maps);
     std::string line;
@@ -107,14 +107,29 @@ Json mapsSummary(const std::string& base) {
       path.erase(0, path.find_first_not_of(' '));
       auto dash = range.find('-');
       if (dash == std::string::npos) continue;
-      uint64_t start = std::strtoull(range.substr(0, dash).c_str(), nullptr, 16);
-      uint64_t end = std::strtoull(range.substr(dash + 1).c_str(), nullptr, 16);
+      std::string startHex = range.substr(0, dash), endHex = range.substr(dash + 1);
+      uint64_t start = std::strtoull(startHex.c_str(), nullptr, 16);
+      uint64_t end = std::strtoull(endHex.c_str(), nullptr, 16);
       count++;
       bytes += end - start;
       h = fnv1a(range + " " + perms + " " + path + "\n", h);
+      // The layout hash leaves out what a live program changes on its own between two digests:
+      // anonymous mappings (malloc arenas come and go), the heap's end (brk) and the stack's
+      // low end. File-backed mappings, their placement and protections, the heap's start and the
+      // stack's top must survive a restore exactly.
+      if (path.empty()) {
+        anonBytes += end - start;
+      } else if (path == "[heap]") {
+        layout = fnv1a("heap " + startHex + " " + perms + "\n", layout);
+      } else if (path == "[stack]") {
+        layout = fnv1a("stack " + endHex + " " + perms + "\n", layout);
+      } else {
+        layout = fnv1a(range + " " + perms + " " + off + " " + path + "\n", layout);
+      }
     }
   }
-  return Json{{"count", count}, {"bytes", bytes}, {"hash", hex64(h)}};
+  return Json{{"count", count}, {"bytes", bytes}, {"anon_bytes", anonBytes}, {"hash", hex64(h)},
+              {"layout_hash", hex64(layout)}};
 }
 
 }  // namespace
@@ -159,11 +174,32 @@ Json processDigest(int onlyTreeOf) {
     for (int fd : numericEntries(base + "/fd"))
       if (Json f = fdInfo(base, fd); !f.is_null()) fds.push_back(std::move(f));
     p["fds"] = fds;
+    if (pid == ::getpid()) p["agent"] = true;
     p["maps"] = mapsSummary(base);
     p["cwd"] = readLink(base + "/cwd");
     std::string limits;
     p["limits_hash"] = readText(base + "/limits", limits) ? hex64(fnv1a(limits)) : "";
     procs.push_back(std::move(p));
+  }
+  // A descriptor a workload holds for a moment (a temp file written then renamed, a client
+  // connection) is not part of its lasting state. Look again once every process was read and keep
+  // only descriptors that are still there with the same target; the ones dropped are counted.
+  for (auto& p : procs) {
+    std::string base = "/proc/" + std::to_string(p["pid"].get<int>());
+    Json stable = Json::array();
+    int transient = 0;
+    for (auto& f : p["fds"]) {
+      Json again = fdInfo(base, f["fd"].get<int>());
+      bool same = !again.is_null() && again.value("kind", std::string()) == f.value("kind", std::string()) &&
+                  again.value("path", std::string()) == f.value("path", std::string()) &&
+                  again.value("inode", std::string()) == f.value("inode", std::string());
+      if (same)
+        stable.push_back(f);
+      else
+        transient++;
+    }
+    p["fds"] = std::move(stable);
+    if (transient) p["fds_transient"] = transient;
   }
   return procs;
 }
