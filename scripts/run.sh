@@ -11,14 +11,5 @@ scenario="${1:-counter}"
 
 "$root/scripts/setup.sh"
 
-crbench="$build_dir/crbench"
-# `compare` runs every engine on both runtimes; until it is built in, run the baseline (pause engine
-# in a container) so the command still does the real measurement path end to end.
-if "$crbench" --help 2>/dev/null | grep -Eq '^[[:space:]]+compare([[:space:]]|$)'; then
-  set -x
-  exec "$crbench" compare "$scenario" "$@"
-else
-  echo "run: 'crbench compare' is not built in yet; running the pause baseline in a container" >&2
-  set -x
-  exec "$crbench" run "$scenario" --runtime container --engine pause
-fi
+set -x
+exec "$build_dir/crbench" compare "$scenario" "$@"
