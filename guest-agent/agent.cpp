@@ -426,7 +426,9 @@ void Agent::handleRequest(Conn& c, const std::string& line) {
   if (opts_.verbose) logf("request %s", op.c_str());
   if (op == "ping") {
     const char* mode = opts_.mode == Mode::Vm ? "vm" : opts_.mode == Mode::Container ? "container" : "no-init";
-    reply(c, Json{{"ok", true}, {"pid", ::getpid()}, {"uptime_ms", (monoNs() - startNs_) / kMs}, {"mode", mode}});
+    // wall_ns lets the host measure the guest's CLOCK_REALTIME against its own within one round trip.
+    reply(c, Json{{"ok", true}, {"pid", ::getpid()}, {"uptime_ms", (monoNs() - startNs_) / kMs}, {"mode", mode},
+                  {"wall_ns", wallNs()}});
   } else if (op == "status") {
     reply(c, status());
   } else if (op == "digest") {

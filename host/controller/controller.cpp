@@ -13,6 +13,7 @@
 #include "core/paths.hpp"
 #include "engine/engine.hpp"
 #include "fidelity/fidelity.hpp"
+#include "fidelity/rest_of_system.hpp"
 #include "prober/prober.hpp"
 #include "results/results.hpp"
 #include "runtime/sandbox.hpp"
@@ -279,6 +280,14 @@ RunOutcome runOnce(const RunSpec& spec) {
       return finish("failed", makeError("the agent does not answer UDP probes on port 7700"), "prober");
     if (!waitMs(spec.warmupMs)) return interrupted("warm-up");
 
+    // Rest-of-system checks (host/fidelity/rest_of_system.hpp) start before the "before" digest so
+    // the outside peer's connection is part of the state both digests see.
+    RestOfSystem rest(*sandbox, sc->restOfSystem);
+    if (rest.any()) {
+      progress("starting the rest-of-system checks (outside TCP peer, clock, bus name)");
+      rest.begin();
+    }
+
     // 3. State before.
     progress("taking the state digest before the checkpoint");
     StateSample before = sampleState(*sandbox, *sc);
@@ -298,6 +307,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     progress(fmt::format("checkpoint with {} ({})", spec.engine, *mode));
     auto u0 = usageNow();
     auto tc = Clock::now();
+    rest.checkpointStarting();
     int64_t ckStart = prober->mark("checkpoint-start");
     auto ck = engine->checkpoint(*sandbox, ctx);
     int64_t ckEnd = prober->mark("checkpoint-end");
@@ -329,6 +339,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     prober->mark("restore-start");
     auto rs = engine->restore(*sandbox, ctx);
     int64_t rsEnd = prober->mark("restore-end");
+    rest.restoreFinished();
     double rsMs = msSince(tr0);
     auto u3 = usageNow();
     rec["timings_ms"]["restore"] = rsMs;
@@ -381,6 +392,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     }
     for (size_t i = 0; i < sc->checks.size(); i++)
       checks.push_back(judgeScenarioCheck(sc->checks[i], before.checks[i], after.checks[i]));
+    for (auto& c : rest.finish()) checks.push_back(std::move(c));
     rec["fidelity"] = {{"verdict", overallVerdict(checks)}, {"checks", toJson(checks)}};
 
     if (!replied)

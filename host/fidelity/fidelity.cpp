@@ -80,11 +80,16 @@ std::string toString(Verdict v) {
   switch (v) {
     case Verdict::Pass: return "pass";
     case Verdict::Fail: return "fail";
+    case Verdict::Unsupported: return "unsupported";
     default: return "not-applicable";
   }
 }
 
-Json FidelityCheck::toJson() const { return Json{{"name", name}, {"result", toString(verdict)}, {"detail", detail}}; }
+Json FidelityCheck::toJson() const {
+  Json j{{"name", name}, {"result", toString(verdict)}, {"detail", detail}};
+  if (!figures.is_null()) j["figures"] = figures;
+  return j;
+}
 
 Json CheckRun::toJson() const {
   Json j{{"ran", ran}, {"exit", exitCode}, {"stdout", out}};

@@ -8,6 +8,7 @@
 // The agent process itself serves the digest request while it is taken, so its fd table and heap
 // legitimately differ between the two digests: it is compared in the process tree only.
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/json.hpp"
@@ -15,13 +16,17 @@
 
 namespace crb {
 
-enum class Verdict { Pass, Fail, NotApplicable };
+// Unsupported: the check applies but this runtime/engine offers no way to run it (reason in detail).
+enum class Verdict { Pass, Fail, NotApplicable, Unsupported };
 std::string toString(Verdict v);
 
 struct FidelityCheck {
+  FidelityCheck(std::string n = {}, Verdict v = Verdict::NotApplicable, std::string d = {}, Json f = nullptr)
+      : name(std::move(n)), verdict(v), detail(std::move(d)), figures(std::move(f)) {}
   std::string name;
   Verdict verdict = Verdict::NotApplicable;
   std::string detail;
+  Json figures;  // measured numbers behind the verdict (rest-of-system checks); null when none
   Json toJson() const;
 };
 

@@ -329,11 +329,70 @@ Status parseTableArray(const Ctx& ctx, const toml::table& root, const std::strin
   return success();
 }
 
+// [rest_of_system]: values may use {param}, so a port follows the scenario's own parameter.
+Status parseRestOfSystem(const Ctx& ctx, const toml::table& root, Scenario& s) {
+  auto node = root.get("rest_of_system");
+  if (!node) return success();
+  auto t = node->as_table();
+  if (!t) return ctx.at(node->source(), "rest_of_system", "expected a table ([rest_of_system]), got " + typeName(*node));
+  CRB_CHECK(checkKeys(ctx, *t, "rest_of_system.",
+                      {"tcp_peer_port", "tcp_peer_protocol", "clock", "clock_tolerance_ms", "dbus_bus", "dbus_name"}));
+  RestOfSystemSpec& r = s.restOfSystem;
+  auto text = [&](const char* key) -> Result<std::string> {
+    const toml::node& n = *t->get(key);
+    std::string k = std::string("rest_of_system.") + key;
+    std::string raw;
+    if (n.is_integer()) {
+      raw = std::to_string(n.value<int64_t>().value_or(0));
+    } else {
+      CRB_ASSIGN(raw, getString(ctx, n, k));
+    }
+    auto sub = substitute(raw, s.params);
+    if (!sub.ok()) return ctx.at(n.source(), k, sub.error().message, sub.error().hint);
+    return std::move(sub).value();
+  };
+  if (t->get("tcp_peer_port")) {
+    CRB_ASSIGN(std::string v, text("tcp_peer_port"));
+    char* end = nullptr;
+    long port = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || port < 1 || port > 65535)
+      return ctx.at(t->get("tcp_peer_port")->source(), "rest_of_system.tcp_peer_port",
+                    fmt::format("'{}' is not a TCP port (1..65535)", v));
+    r.tcpPeerPort = static_cast<int>(port);
+    r.tcpPeerProtocol = "line-echo";
+  }
+  if (auto p = t->get("tcp_peer_protocol")) {
+    CRB_ASSIGN(r.tcpPeerProtocol, getString(ctx, *p, "rest_of_system.tcp_peer_protocol"));
+    if (r.tcpPeerProtocol != "redis" && r.tcpPeerProtocol != "line-echo")
+      return ctx.at(p->source(), "rest_of_system.tcp_peer_protocol",
+                    fmt::format("'{}' is not a peer protocol; expected \"redis\" or \"line-echo\"", r.tcpPeerProtocol));
+    if (r.tcpPeerPort == 0)
+      return ctx.at(p->source(), "rest_of_system.tcp_peer_protocol", "given without tcp_peer_port");
+  }
+  if (auto c = t->get("clock")) {
+    CRB_ASSIGN(r.clock, getBool(ctx, *c, "rest_of_system.clock"));
+  }
+  if (auto c = t->get("clock_tolerance_ms")) {
+    CRB_ASSIGN(r.clockToleranceMs, getNumber(ctx, *c, "rest_of_system.clock_tolerance_ms"));
+    if (r.clockToleranceMs < 0)
+      return ctx.at(c->source(), "rest_of_system.clock_tolerance_ms", "must be >= 0");
+  }
+  if (t->get("dbus_bus")) {
+    CRB_ASSIGN(r.dbusBus, text("dbus_bus"));
+  }
+  if (t->get("dbus_name")) {
+    CRB_ASSIGN(r.dbusName, text("dbus_name"));
+  }
+  if (r.dbusName.empty() != r.dbusBus.empty())
+    return ctx.at(node->source(), "rest_of_system", "dbus_bus and dbus_name go together; give both or neither");
+  return success();
+}
+
 Status parseBody(const Ctx& ctx, const toml::table& root, Scenario& s,
                  const std::vector<std::string>& overrides) {
   CRB_CHECK(checkKeys(ctx, root, "",
                       {"name", "description", "binaries", "files", "runtimes", "host_packages",
-                       "digest", "params", "programs", "checks", "vm"}));
+                       "digest", "params", "programs", "checks", "vm", "rest_of_system"}));
   if (auto n = root.get("name")) {
     CRB_ASSIGN(s.name, getString(ctx, *n, "name"));
     if (s.name.empty() || s.name.find_first_of("/ \t") != std::string::npos)
@@ -388,6 +447,7 @@ Status parseBody(const Ctx& ctx, const toml::table& root, Scenario& s,
       s.vmCpus = static_cast<int>(v);
     }
   }
+  CRB_CHECK(parseRestOfSystem(ctx, root, s));
   CRB_CHECK(parseTableArray<ScenarioProgram>(ctx, root, "programs", s.programs,
       [&](const toml::node& n, const std::string& k) { return parseProgram(ctx, n, k, s.params); }));
   if (s.programs.empty())
@@ -420,6 +480,13 @@ Json Scenario::toJson() const {
   j["runtimes"] = runtimes;
   j["host_packages"] = requiredHostPackages;
   j["vm"] = {{"memory_mib", vmMemoryMiB}, {"cpus", vmCpus}};
+  if (restOfSystem.any())
+    j["rest_of_system"] = {{"tcp_peer_port", restOfSystem.tcpPeerPort},
+                           {"tcp_peer_protocol", restOfSystem.tcpPeerProtocol},
+                           {"clock", restOfSystem.clock},
+                           {"clock_tolerance_ms", restOfSystem.clockToleranceMs},
+                           {"dbus_bus", restOfSystem.dbusBus},
+                           {"dbus_name", restOfSystem.dbusName}};
   j["params"] = params;
   return j;
 }

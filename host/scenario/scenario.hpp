@@ -35,6 +35,17 @@ struct ScenarioParam {
   std::string description;
 };
 
+// "Rest of the system" checks the scenario asks for (docs/scenarios.md, [rest_of_system]): things
+// outside the checkpointed processes that a restore must keep working. Run by host/fidelity.
+struct RestOfSystemSpec {
+  int tcpPeerPort = 0;              // > 0: a host-side client keeps a connection to this guest port
+  std::string tcpPeerProtocol;      // "redis" (ECHO with sequence numbers) | "line-echo"
+  bool clock = false;               // measure the workload's CLOCK_REALTIME against the host's
+  double clockToleranceMs = 100;    // a larger change of the offset is a failed check
+  std::string dbusBus, dbusName;    // non-empty: this bus name must keep its owner
+  bool any() const { return tcpPeerPort > 0 || clock || !dbusName.empty(); }
+};
+
 struct Scenario {
   std::string name;
   std::string description;
@@ -54,6 +65,7 @@ struct Scenario {
   int vmCpus = 1;
   Json params = Json::object();  // parameters after overrides; `{name}` in argv is substituted
   std::vector<ScenarioParam> paramSpecs;  // declared parameters with their defaults
+  RestOfSystemSpec restOfSystem;
   Json toJson() const;
 };
 

@@ -141,6 +141,44 @@ std::vector<ExternalFile> findExternalFiles(const std::vector<pid_t>& pids, pid_
   return out;
 }
 
+std::vector<TcpConnection> establishedTcp(pid_t pidInNetns) {
+  std::vector<TcpConnection> out;
+  for (const char* table : {"tcp", "tcp6"}) {
+    std::string text = readFile(fmt::format("/proc/{}/net/{}", pidInNetns, table)).valueOr("");
+    std::istringstream in(text);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream ls(line);
+      std::string slot, local, remote, state;
+      ls >> slot >> local >> remote >> state;
+      if (state == "01") out.push_back({local, remote});  // TCP_ESTABLISHED
+    }
+  }
+  return out;
+}
+
+Result<std::pair<bool, std::string>> chooseTcpEstablished(const Json& options, pid_t init) {
+  std::string v = "auto";
+  if (options.is_object() && options.contains("tcp-established")) {
+    const auto& o = options["tcp-established"];
+    v = o.is_string() ? o.get<std::string>() : o.is_boolean() ? (o.get<bool>() ? "on" : "off") : o.dump();
+  }
+  if (v == "" || v == "1" || v == "on" || v == "true" || v == "yes")
+    return std::make_pair(true, std::string("asked for (--engine-opt tcp-established=") + v + ")");
+  if (v == "0" || v == "off" || v == "false" || v == "no")
+    return std::make_pair(false, std::string("turned off (--engine-opt tcp-established=") + v + ")");
+  if (v != "auto")
+    return makeError(fmt::format("criu engine: tcp-established='{}' is not on, off or auto", v),
+                     "use --engine-opt tcp-established=on|off|auto", 2);
+  // CRIU refuses to dump an established connection without the option, and with it keeps the
+  // connection (repair mode + a netfilter lock until restore): on whenever there is one to keep.
+  auto conns = establishedTcp(init);
+  if (conns.empty()) return std::make_pair(false, std::string("auto: no established TCP connection in the container"));
+  return std::make_pair(true, fmt::format("auto: {} established TCP connection{} in the container's netns (first {} -> {})",
+                                          conns.size(), conns.size() == 1 ? "" : "s", conns[0].local, conns[0].remote));
+}
+
 }  // namespace criu
 
 namespace {
@@ -379,7 +417,8 @@ Result<PhaseReport> CriuEngine::checkpoint(Sandbox& sandbox, const CheckpointCon
   if (::stat(c->netnsPath().c_str(), &nst) != 0) return sysError("stat " + c->netnsPath().string(), errno);
 
   bool leave = mode == modes::kLeaveRunning;
-  bool tcp = optFlag(ctx.options, "tcp-established");
+  CRB_ASSIGN(auto tcpChoice, criu::chooseTcpEstablished(ctx.options, init));
+  bool tcp = tcpChoice.first;
   // A pid-namespace init that never called setsid() keeps the host session of whoever cloned it,
   // which CRIU refuses ("session leader ... outside of its pid namespace"), --shell-job included.
   bool inheritedSession = false;
@@ -438,6 +477,7 @@ Result<PhaseReport> CriuEngine::checkpoint(Sandbox& sandbox, const CheckpointCon
             {"mode", mode},
             {"init_pid", init},
             {"tcp_established", tcp},
+            {"tcp_established_why", tcpChoice.second},
             {"shell_job", shellJob},
             {"ext_unix_sk", extUnix},
             {"netns_inode", static_cast<unsigned long long>(nst.st_ino)},
@@ -455,6 +495,7 @@ Result<PhaseReport> CriuEngine::checkpoint(Sandbox& sandbox, const CheckpointCon
   rep.enginePeakRssKiB = rr->peakRssKiB;
   rep.engineFigures["criu_version"] = probe.version;
   rep.engineFigures["criu_command"] = joinArgs(argv);
+  rep.engineFigures["tcp_established"] = {{"enabled", tcp}, {"why", tcpChoice.second}};
   for (const fs::path& d : {work, ctx.imageDir}) {
     auto st = criu::readStatsImage(d, "stats-dump");
     if (st.ok()) {
@@ -577,6 +618,7 @@ Result<PhaseReport> CriuEngine::restore(Sandbox& sandbox, const CheckpointContex
   rep.engineFigures["criu_version"] = probe.version;
   rep.engineFigures["criu_command"] = joinArgs(argv);
   rep.engineFigures["restored_init_pid"] = pid;
+  rep.engineFigures["tcp_established"] = {{"enabled", tcp}, {"why", meta.value("tcp_established_why", std::string())}};
   for (const fs::path& d : {work, ctx.imageDir}) {
     auto st = criu::readStatsImage(d, "stats-restore");
     if (st.ok()) {

@@ -14,6 +14,7 @@
 
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/criu/criu_probe.hpp"
@@ -45,6 +46,16 @@ struct ExternalFile {
 Result<std::vector<ExternalMount>> findExternalMounts(pid_t containerInit);
 // Open files of the given processes whose mount is not in the container's mount namespace.
 std::vector<ExternalFile> findExternalFiles(const std::vector<pid_t>& pids, pid_t containerInit);
+
+// Established TCP connections in the network namespace of `pidInNetns` (/proc/<pid>/net/tcp{,6}),
+// addresses as the kernel prints them (hex).
+struct TcpConnection {
+  std::string local, remote;
+};
+std::vector<TcpConnection> establishedTcp(pid_t pidInNetns);
+// Whether to dump with --tcp-established, and why: option tcp-established=on|off|auto (default
+// auto: on when the container has an established connection, which CRIU would otherwise refuse).
+Result<std::pair<bool, std::string>> chooseTcpEstablished(const Json& options, pid_t init);
 
 }  // namespace criu
 
