@@ -55,6 +55,7 @@ Json refusalRecord(const CompareRequest& req, const Combination& c) {
   rec["fidelity"] = {{"verdict", "none"}, {"checks", Json::array()}};
   rec["downtime_ms"] = nullptr;
   rec["environment"] = environmentFacts();
+  noteRunEnd(rec);
   rec["finished_at"] = isoTimeNow();
   return rec;
 }

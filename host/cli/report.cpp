@@ -11,6 +11,7 @@ struct ReportArgs {
   std::vector<std::string> inputs;
   std::string out;
   std::string title;
+  std::string command, wrapper;
 };
 
 std::function<int()> setupReport(CLI::App& app, GlobalOptions&) {
@@ -18,11 +19,18 @@ std::function<int()> setupReport(CLI::App& app, GlobalOptions&) {
   app.add_option("results", a->inputs, "run record files or directories (results/runs)")->required();
   app.add_option("-o,--output", a->out, "directory for report.html and report.md")->required();
   app.add_option("--title", a->title, "page title (default: crbench: <scenario>)");
+  app.add_option("--command", a->command,
+                 "the crbench command that made the runs, for the Reproduce section (default: from the compare summary "
+                 "among the inputs, else derived from the runs)");
+  app.add_option("--wrapper-command", a->wrapper,
+                 "a script that reruns everything on the page (e.g. scripts/publish.sh ...), shown in Reproduce too");
   return [a]() -> int {
     std::vector<std::filesystem::path> in(a->inputs.begin(), a->inputs.end());
     RunSet set = loadRuns(in);
     ReportOptions opts;
     opts.title = a->title;
+    opts.command = a->command;
+    opts.wrapperCommand = a->wrapper;
     auto out = writeReport(set, opts, a->out);
     if (!out.ok()) return reportError(out.error());
     // Input problems are printed and shown in the page; what could be read is still rendered.

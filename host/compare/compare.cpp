@@ -98,7 +98,9 @@ Result<std::vector<Combination>> planMatrix(const CompareRequest& req, const std
         out.resize(before);
         out.push_back(keep);
       }
-      if (!req.quick)
+      // --quick leaves out refused modes, but an engine with no mode at all here still gets its rows:
+      // silently dropping it would hide that it cannot run.
+      if (!req.quick || out.size() == before)
         for (auto& [m, why] : e->caps.unsupportedModes)
           if ((req.modes.empty() || has(req.modes, m)) && !has(e->caps.modes, m))
             out.push_back({rt, e->name, m, "unsupported", why});

@@ -87,6 +87,22 @@ TEST(CompareMatrix, QuickKeepsOneModePerEngine) {
   for (auto& c : *plan) EXPECT_NE(c.mode, "leave-running");
 }
 
+TEST(CompareMatrix, QuickStillListsAnEngineWithNoModeHere) {
+  auto engines = fakeEngines();
+  EngineInfo native{"native", {}};
+  native.caps.runtimes = {RuntimeKind::Container};
+  native.caps.unsupportedModes = {{"stop-and-copy", "container restore is not implemented yet"}};
+  engines.push_back(native);
+  auto r = req();
+  r.quick = true;
+  auto plan = planMatrix(r, engines, {"container"});
+  ASSERT_TRUE(plan.ok());
+  bool found = false;
+  for (auto& c : *plan)
+    if (c.engine == "native") found = c.status == "unsupported" && c.reason == "container restore is not implemented yet";
+  EXPECT_TRUE(found) << "an engine that cannot run must not vanish from a --quick table";
+}
+
 TEST(CompareSchedule, InterleavedRoundRobinWithWarmupFirst) {
   std::vector<Combination> combos = {{"container", "a", "m", "run", ""}, {"container", "b", "m", "unsupported", "x"},
                                      {"container", "c", "m", "run", ""}};

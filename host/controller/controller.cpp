@@ -211,6 +211,7 @@ RunOutcome runOnce(const RunSpec& spec) {
       rec["error"] = Json{{"message", "the sandbox was not torn down cleanly: " + rec["teardown_error"].get<std::string>()},
                           {"phase", "teardown"}};
     }
+    noteRunEnd(rec);
     rec["finished_at"] = isoTimeNow();
     out.status = rec["status"];
     out.record = rec;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -243,8 +244,18 @@ struct Model {
 };
 
 std::string deriveCommand(const Model& m) {
+  // Several compares may feed one page (e.g. the container side with more repeats than the VM side):
+  // every one of them is part of how to reproduce it.
+  std::vector<std::string> cmds;
   for (auto& s : m.set.compareSummaries)
-    if (s.contains("command") && s["command"].is_string()) return s["command"].get<std::string>();
+    if (s.contains("command") && s["command"].is_string() &&
+        std::find(cmds.begin(), cmds.end(), s["command"].get<std::string>()) == cmds.end())
+      cmds.push_back(s["command"].get<std::string>());
+  if (!cmds.empty()) {
+    std::string o;
+    for (auto& c : cmds) o += (o.empty() ? "" : "\n") + c;
+    return o;
+  }
   std::set<std::string> engines, runtimes, modes;
   for (auto& r : m.set.runs) {
     engines.insert(r.engine), runtimes.insert(r.runtime);
@@ -305,7 +316,22 @@ std::vector<std::pair<std::string, std::string>> envRows(const Model& m) {
       {"crbench commit", m.commit},
   };
   if (e.contains("tool_versions") && e["tool_versions"].is_object())
-    for (auto& [k, v] : e["tool_versions"].items()) rows.push_back({k + " version", v.is_string() ? v.get<std::string>() : v.dump()});
+    for (auto& [k, v] : e["tool_versions"].items())
+      if (k != "engine") rows.push_back({k + " version", v.is_string() ? v.get<std::string>() : v.dump()});
+  // tool_versions.engine is what the run's engine reported about itself: one row per engine, from
+  // that engine's own runs (the first record may be another engine's).
+  std::map<std::string, std::string> engineVersions;
+  for (auto& r : m.set.runs) {
+    if (engineVersions.count(r.engine)) continue;
+    const Json& rec = *r.record;
+    if (!rec.contains("environment") || !rec["environment"].is_object()) continue;
+    const Json& tv = rec["environment"].value("tool_versions", Json());
+    if (!tv.is_object() || !tv.contains("engine") || !tv["engine"].is_object() || tv["engine"].empty()) continue;
+    std::string text;
+    for (auto& [k, v] : tv["engine"].items()) text += (text.empty() ? "" : ", ") + k + " " + paramValue(v);
+    engineVersions[r.engine] = text;
+  }
+  for (auto& [engine, text] : engineVersions) rows.push_back({"engine " + engine, text});
   std::string ps;
   if (!m.set.runs.empty())
     if (const Json* p = paramsOf(m.set.runs.front()))
@@ -313,7 +339,54 @@ std::vector<std::pair<std::string, std::string>> envRows(const Model& m) {
         ps += (ps.empty() ? "" : ", ") + k + "=" +
               (std::find(m.varying.begin(), m.varying.end(), k) != m.varying.end() ? std::string("(varies)") : paramValue(v));
   rows.push_back({"scenario parameters", ps.empty() ? "none" : ps});
+  std::string first, last;
+  std::vector<const RunView*> all;
+  for (auto& r : m.set.runs) {
+    all.push_back(&r);
+    const Json& rec = *r.record;
+    std::string a = rec.value("started_at", std::string()), b = rec.value("finished_at", std::string());
+    if (!a.empty() && (first.empty() || a < first)) first = a;
+    if (!b.empty() && b > last) last = b;
+  }
+  rows.push_back({"runs", fmt::format("{} records ({} warm-up), {} … {} (UTC)", m.set.runs.size(),
+                                      std::count_if(all.begin(), all.end(), [](auto* r) { return r->warmup; }),
+                                      first.empty() ? "?" : first, last.empty() ? "?" : last)});
+  rows.push_back({"1-min load average at run start", loadSummary(all, "load_avg_1m_start")});
+  rows.push_back({"1-min load average at run end", loadSummary(all, "load_avg_1m_end")});
   return rows;
+}
+
+// Load per group, so a reader can see whether one engine ran on a busier machine than another.
+std::vector<std::array<std::string, 3>> loadRows(const Model& m) {
+  std::vector<std::array<std::string, 3>> rows;
+  for (auto& g : m.groups) {
+    if (g.ok + g.failed == 0) continue;  // refused combinations did not run
+    rows.push_back({g.key, loadSummary(g.runs, "load_avg_1m_start"), loadSummary(g.runs, "load_avg_1m_end")});
+  }
+  return rows;
+}
+
+// How to rerun: the commit, the set-up, the crbench command (and the wrapper that made this page).
+std::string reproduceText(const Model& m, const ReportOptions& opts) {
+  std::string o;
+  if (!m.commit.empty() && m.commit.find(',') == std::string::npos) {
+    std::string c = m.commit;
+    bool dirty = c.size() > 6 && c.compare(c.size() - 6, 6, "-dirty") == 0;
+    if (dirty) c.resize(c.size() - 6);
+    o += "git checkout " + c + (dirty ? "   # the build had uncommitted changes on top of this commit (-dirty)" : "") + "\n";
+  }
+  o += "scripts/setup.sh   # as root: packages, set-up steps, build into build/\n";
+  if (!opts.wrapperCommand.empty()) o += opts.wrapperCommand + "   # everything on this page, raw records included\n# which runs:\n";
+  std::string cmds = m.command, out;
+  // Each line of the command is a crbench invocation from the source root.
+  for (size_t start = 0; start <= cmds.size();) {
+    size_t nl = cmds.find('\n', start);
+    std::string line = cmds.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+    out += (out.empty() ? "" : "\n") + (line.rfind("crbench ", 0) == 0 ? "build/" + line : line);
+    if (nl == std::string::npos) break;
+    start = nl + 1;
+  }
+  return o + out;
 }
 
 struct Row {
@@ -342,7 +415,10 @@ std::string ciText(const Summary& s) {
   return fmt::format("{} – {}", fmtNum(s.ci95->low), fmtNum(s.ci95->high));
 }
 
-std::string ratioText(double r) { return std::isnan(r) ? "–" : fmt::format("{:.2f}×", r); }
+std::string ratioText(double r) {
+  if (std::isnan(r)) return "–";
+  return r >= 100 ? fmt::format("{:.0f}×", r) : fmt::format("{:.2f}×", r);
+}
 
 // Fidelity matrix: check × group, "pass 5/5", "fail 1/5", "n/a"; groups without checks show why.
 struct Cell {
@@ -378,6 +454,18 @@ th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 svg.chart{display:block;margin:0.5em 0 1.5em;background:#fff})";
 
 }  // namespace
+
+std::string loadSummary(const std::vector<const RunView*>& runs, const char* field) {
+  std::vector<double> v;
+  for (auto* r : runs) {
+    if (!r->record || !r->record->contains("environment")) continue;
+    const Json& e = (*r->record)["environment"];
+    if (e.is_object() && e.contains(field) && e[field].is_number()) v.push_back(e[field].get<double>());
+  }
+  if (v.empty()) return "not recorded";
+  return fmt::format("{:.2f} … {:.2f} (median {:.2f}) over {} run{}", *std::min_element(v.begin(), v.end()),
+                     *std::max_element(v.begin(), v.end()), median(v), v.size(), v.size() == 1 ? "" : "s");
+}
 
 std::vector<double> Group::samples(const Metric& m) const {
   std::vector<double> v;
@@ -431,9 +519,16 @@ RunSet selectOneScenario(const RunSet& set, std::vector<std::string>& problems) 
   out.compareSummaries = set.compareSummaries;
   out.inputs = set.inputs;
   out.problems = set.problems;
+  // The command of another scenario's compare is not how to reproduce this page.
+  auto keepSummariesOf = [&](const std::string& scenario) {
+    out.compareSummaries.clear();
+    for (auto& sum : set.compareSummaries)
+      if (sum.value("scenario", std::string()) == scenario) out.compareSummaries.push_back(sum);
+  };
   if (count.size() <= 1) {
     out.records = set.records;
     out.runs = set.runs;
+    if (!count.empty()) keepSummariesOf(count.begin()->first);
     relink(out);
     return out;
   }
@@ -447,6 +542,7 @@ RunSet selectOneScenario(const RunSet& set, std::vector<std::string>& problems) 
   problems.push_back(fmt::format("results of different scenarios are mixed: {}; this report covers '{}' only "
                                  "(render each scenario's results separately)",
                                  list, keep));
+  keepSummariesOf(keep);
   for (size_t i = 0; i < set.runs.size(); ++i)
     if (set.runs[i].scenario == keep) {
       out.records.push_back(set.records[i]);
@@ -470,7 +566,16 @@ std::string renderHtml(const RunSet& in, const ReportOptions& opts, std::vector<
   }
   o += "<h2 id=\"environment\">Environment</h2><table>";
   for (auto& [k, v] : envRows(m)) o += "<tr><th>" + esc(k) + "</th><td>" + esc(v) + "</td></tr>";
-  o += "</table>\n<h2>Reproduce</h2><pre><code>" + esc(m.command) + "</code></pre>\n";
+  o += "</table>\n";
+  auto loads = loadRows(m);
+  if (!loads.empty()) {
+    o += "<h3 id=\"load\">Machine load per group (1-minute load average; the machine has " +
+         esc(m.env.contains("cores") ? paramValue(m.env["cores"]) : std::string("?")) +
+         " cores)</h3><table class=\"load\"><tr><th>runtime/engine/mode</th><th>at run start</th><th>at run end</th></tr>";
+    for (auto& r : loads) o += "<tr><td>" + esc(r[0]) + "</td><td>" + esc(r[1]) + "</td><td>" + esc(r[2]) + "</td></tr>";
+    o += "</table>\n";
+  }
+  o += "<h2 id=\"reproduce\">Reproduce</h2><pre><code>" + esc(reproduceText(m, opts)) + "</code></pre>\n";
   o += "<p>Every figure below was measured in the runs listed; downtime is the longest gap between "
        "replies of the host-side UDP prober (engine-neutral). Lower is better for every metric. The 95% "
        "confidence interval of the median is the distribution-free order-statistic interval; it needs at "
@@ -552,7 +657,12 @@ std::string renderMarkdown(const RunSet& in, const ReportOptions& opts, std::vec
   }
   o += "## Environment\n\n| | |\n|---|---|\n";
   for (auto& [k, v] : envRows(m)) o += "| " + mdCell(k) + " | " + mdCell(v) + " |\n";
-  o += "\n## Reproduce\n\n```\n" + m.command + "\n```\n\nLower is better for every metric. Downtime is the longest "
+  auto loads = loadRows(m);
+  if (!loads.empty()) {
+    o += "\n### Machine load per group (1-minute load average)\n\n| runtime/engine/mode | at run start | at run end |\n|---|---|---|\n";
+    for (auto& r : loads) o += "| " + mdCell(r[0]) + " | " + mdCell(r[1]) + " | " + mdCell(r[2]) + " |\n";
+  }
+  o += "\n## Reproduce\n\n```\n" + reproduceText(m, opts) + "\n```\n\nLower is better for every metric. Downtime is the longest "
        "gap between replies of the host-side UDP prober. The 95% CI of the median is the order-statistic "
        "interval (needs n ≥ 6). Charts are in report.html.\n\n";
   for (auto& met : reportMetrics()) {

@@ -32,7 +32,14 @@ std::vector<Group> groupRuns(const std::vector<RunView>& runs);
 struct ReportOptions {
   std::string title;
   std::string command;  // how to reproduce; derived from the runs when empty
+  // A wrapper that reruns everything on the page (e.g. scripts/publish.sh ...), shown before the
+  // crbench command it runs; "" = none.
+  std::string wrapperCommand;
 };
+
+// The 1-minute load average of the runs (environment.load_avg_1m_start / _end): "min … max
+// (median m) over n runs", or "not recorded" for records written before these fields existed.
+std::string loadSummary(const std::vector<const RunView*>& runs, const char* field);
 
 struct ReportOutput {
   std::filesystem::path html, markdown;

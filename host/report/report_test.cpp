@@ -105,5 +105,47 @@ TEST(Report, VaryingParameterSplitsGroupsAndDrawsScaling) {
   EXPECT_NE(html.find("against size_mib"), std::string::npos);
 }
 
+TEST(Report, ShowsMachineLoadAndHowToReproduce) {
+  RunSet set;
+  int i = 0;
+  for (double d : {10.0, 12.0, 11.0}) {
+    Json r = record("counter", "criu", "ok", d);
+    r["crbench"]["commit"] = "0123456789ab-dirty";
+    r["environment"]["load_avg_1m_start"] = 2.0 + i;
+    r["environment"]["load_avg_1m_end"] = 4.5 + i++;
+    ASSERT_EQ(addRecord(set, r, "f"), "");
+  }
+  Json old = record("counter", "pause", "ok", 100);  // written before the load fields existed
+  old["crbench"]["commit"] = "0123456789ab-dirty";
+  ASSERT_EQ(addRecord(set, old, "f"), "");
+  set.compareSummaries.push_back({{"schema", "crbench-compare"}, {"scenario", "counter"},
+                                  {"command", "crbench compare counter --repeats 3 --runtimes container"}});
+  set.compareSummaries.push_back({{"schema", "crbench-compare"}, {"scenario", "memory"},
+                                  {"command", "crbench compare memory --repeats 3"}});
+  set.compareSummaries.push_back({{"schema", "crbench-compare"}, {"scenario", "counter"},
+                                  {"command", "crbench compare counter --repeats 2 --runtimes vm"}});
+  ReportOptions opts;
+  opts.wrapperCommand = "scripts/publish.sh counter --host h";
+  std::vector<std::string> problems;
+  std::string md = renderMarkdown(set, opts, problems);
+  EXPECT_NE(md.find("| 1-min load average at run start | 2.00 … 4.00 (median 3.00) over 3 runs |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| container/criu/stop-and-copy | 2.00 … 4.00 (median 3.00) over 3 runs | 4.50 … 6.50 (median 5.50) over 3 runs |"),
+            std::string::npos) << md;
+  EXPECT_NE(md.find("| container/pause/stop-and-copy | not recorded | not recorded |"), std::string::npos) << md;
+  EXPECT_NE(md.find("git checkout 0123456789ab   # the build had uncommitted changes"), std::string::npos) << md;
+  EXPECT_NE(md.find("scripts/publish.sh counter --host h"), std::string::npos) << md;
+  // Both compares of this scenario, as runnable commands; not the other scenario's.
+  EXPECT_NE(md.find("build/crbench compare counter --repeats 3 --runtimes container\nbuild/crbench compare counter --repeats 2 --runtimes vm"),
+            std::string::npos) << md;
+  EXPECT_EQ(md.find("compare memory"), std::string::npos) << md;
+  std::string html = renderHtml(set, opts, problems);
+  EXPECT_NE(html.find("id=\"load\""), std::string::npos);
+  // The mixed summary belongs to another scenario, whose runs are absent: it must not leak in once
+  // scenarios are split either.
+  ASSERT_EQ(addRecord(set, record("memory", "criu", "ok", 7), "f"), "");
+  md = renderMarkdown(set, opts, problems);
+  EXPECT_EQ(md.find("compare memory"), std::string::npos) << md;
+}
+
 }  // namespace
 }  // namespace crb

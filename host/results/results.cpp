@@ -67,8 +67,21 @@ Json newRunRecord(const std::string& runId) {
   return r;
 }
 
+Json loadAverage1m() {
+  std::ifstream f("/proc/loadavg");
+  double one = 0;
+  if (!(f >> one)) return nullptr;
+  return one;
+}
+
+void noteRunEnd(Json& record) {
+  if (!record.contains("environment") || !record["environment"].is_object()) record["environment"] = Json::object();
+  record["environment"]["load_avg_1m_end"] = loadAverage1m();
+}
+
 Json environmentFacts() {
   Json e;
+  e["load_avg_1m_start"] = loadAverage1m();
   struct utsname u {};
   if (::uname(&u) == 0) {
     e["kernel"] = fmt::format("{} {}", u.sysname, u.release);

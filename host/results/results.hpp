@@ -21,7 +21,15 @@ Json newRunRecord(const std::string& runId);
 
 // Facts about this machine measured now: kernel, CPU model, cores, memory, accelerator
 // (kvm/accel.hpp chooseAccelerator()) and versions of host tools crbench drives.
+// Also records `load_avg_1m_start`: it is called when a run starts.
 Json environmentFacts();
+
+// The 1-minute load average from /proc/loadavg, or null when it cannot be read. Other work on the
+// machine moves every timing; a record carries the load so a reader can judge its figures.
+Json loadAverage1m();
+
+// Adds environment.load_avg_1m_end to a record whose run has just ended.
+void noteRunEnd(Json& record);
 
 // UTC ISO-8601 time with milliseconds.
 std::string isoTimeNow();

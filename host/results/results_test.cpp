@@ -46,4 +46,16 @@ TEST(Results, WritesAtomicallyByRunId) {
   EXPECT_EQ(back["crbench"]["version"], r["crbench"]["version"]);
   fs::remove_all(dir);
 }
+TEST(Results, RecordsLoadAverageAtStartAndEnd) {
+  Json r = minimalRecord();
+  r["environment"] = environmentFacts();
+  noteRunEnd(r);
+  // /proc/loadavg always exists on Linux: both must be real numbers, not null.
+  ASSERT_TRUE(r["environment"]["load_avg_1m_start"].is_number()) << r["environment"].dump();
+  ASSERT_TRUE(r["environment"]["load_avg_1m_end"].is_number()) << r["environment"].dump();
+  EXPECT_GE(r["environment"]["load_avg_1m_start"].get<double>(), 0.0);
+  Json bare = Json::object();
+  noteRunEnd(bare);  // a record without an environment gets one instead of a crash
+  EXPECT_TRUE(bare["environment"].contains("load_avg_1m_end"));
+}
 }  // namespace crb
