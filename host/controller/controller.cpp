@@ -263,7 +263,8 @@ RunOutcome runOnce(const RunSpec& spec) {
     progress(fmt::format("starting the {} sandbox", spec.runtime));
     SandboxOptions so;
     so.verbose = spec.verbose;
-    so.flavor = caps.runtimeFlavor;
+    auto modeFlavor = caps.modeRuntimeFlavors.find(*mode);
+    so.flavor = modeFlavor != caps.modeRuntimeFlavors.end() ? modeFlavor->second : caps.runtimeFlavor;
     auto t0 = Clock::now();
     auto sb = startSandbox(*kind, *sc, so);
     rec["timings_ms"]["sandbox_start_total"] = msSince(t0);

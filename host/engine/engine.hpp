@@ -38,6 +38,9 @@ inline constexpr const char* kFileRam = "file-ram";
 struct Capabilities {
   std::vector<RuntimeKind> runtimes{RuntimeKind::Container};  // runtimes the engine works on
   std::string runtimeFlavor;  // "" = default runtime of that kind; else e.g. "vm-libvirt"
+  // Modes that need a differently built sandbox (e.g. qemu file-ram boots the guest with its RAM
+  // in a file): mode -> runtime flavor, used instead of runtimeFlavor for that mode.
+  std::map<std::string, std::string> modeRuntimeFlavors;
   bool supportsRuntime(RuntimeKind k) const {
     for (auto r : runtimes)
       if (r == k) return true;

@@ -167,6 +167,7 @@ Result<std::unique_ptr<VmSandbox>> VmSandbox::start(const Scenario& scenario, co
   vm->portsChosenByUs_ = ports.chosenByUs;
 
   vm->runDir_ = runtimeDir() / vm->id_;
+  if (opts.flavor == "vm-file-ram") vm->ramFile_ = vm->runDir_ / "guest-ram";
   CRB_CHECK(makeDirs(runtimeDir(), 0755));
   std::error_code ec;
   if (fs::exists(vm->runDir_, ec))
@@ -180,7 +181,9 @@ Result<std::unique_ptr<VmSandbox>> VmSandbox::start(const Scenario& scenario, co
   // A port the kernel called free can be taken before QEMU binds it: retry with fresh ones.
   for (int attempt = 0; attempt < 3; attempt++) {
     t0 = Clock::now();
-    inst = vm->launch(QemuLaunch{});
+    QemuLaunch first;
+    first.ramFile = vm->ramFile_;
+    inst = vm->launch(first);
     if (inst.ok() || !vm->portsChosenByUs_ ||
         inst.error().message.find("host forwarding") == std::string::npos)
       break;
@@ -321,11 +324,15 @@ Status VmSandbox::adopt(QemuInstance* inst) {
 }
 
 Result<QemuInstance*> VmSandbox::relaunch(const std::vector<std::string>& extraArgs, const std::string& tag) {
-  // The new QEMU binds the same forwarded ports, so the old one has to be gone first.
-  if (current_) kill(current_);
   QemuLaunch spec;
   spec.tag = tag;
   spec.extraArgs = extraArgs;
+  return relaunch(std::move(spec));
+}
+
+Result<QemuInstance*> VmSandbox::relaunch(QemuLaunch spec) {
+  // The new QEMU binds the same forwarded ports, so the old one has to be gone first.
+  if (current_) kill(current_);
   CRB_ASSIGN(QemuInstance * inst, launch(spec));
   current_ = inst;
   return inst;
@@ -450,6 +457,7 @@ Json VmSandbox::describe() const {
   j["image_hash"] = boot_.imageHash;
   j["ports"] = {{"udp_echo", udpPort_}, {"tcp_control", tcpPort_}};
   j["run_dir"] = runDir_.string();
+  if (!ramFile_.empty()) j["ram_file"] = ramFile_.string();
   j["runtime_dir"] = runDir_.string();
   if (current_) {
     j["qemu_pid"] = current_->pid;
@@ -483,5 +491,11 @@ CRB_REGISTER_RUNTIME(vm, "vm", [](const Scenario& s, const SandboxOptions& o) ->
   if (!r.ok()) return r.error();
   return std::unique_ptr<Sandbox>(std::move(*r));
 });
+CRB_REGISTER_RUNTIME(vm_file_ram, "vm-file-ram",
+                     [](const Scenario& s, const SandboxOptions& o) -> Result<std::unique_ptr<Sandbox>> {
+                       auto r = VmSandbox::start(s, o);
+                       if (!r.ok()) return r.error();
+                       return std::unique_ptr<Sandbox>(std::move(*r));
+                     });
 
 }  // namespace crb

@@ -6,6 +6,10 @@
 //
 // One VmSandbox may own several QEMU processes over its life (a restore target, a migration
 // target); exactly one is "current" — the one the agent sockets reach and describe() reports.
+//
+// Flavor "vm-file-ram" (the qemu engine's file-ram mode) boots the same machine with its RAM in a
+// shared file, <run dir>/guest-ram (memory-backend-file,share=on), so a snapshot can leave the RAM
+// where it is and save only the device state.
 #include <sys/types.h>
 
 #include <chrono>
@@ -87,6 +91,9 @@ class VmSandbox : public Sandbox {
   void kill(QemuInstance* inst);
   // Kill the current QEMU and start a new current one with `extraArgs` (restore: -incoming defer).
   Result<QemuInstance*> relaunch(const std::vector<std::string>& extraArgs, const std::string& tag);
+  Result<QemuInstance*> relaunch(QemuLaunch spec);
+  // The shared RAM file the guest booted with (flavor vm-file-ram); empty for anonymous RAM.
+  const std::filesystem::path& ramFile() const { return ramFile_; }
   // Move the agent port forwards from one QEMU to another (HMP hostfwd_remove / hostfwd_add over
   // QMP), used at the end of a live migration between two QEMUs on this host.
   Status moveHostForwards(QemuInstance& from, QemuInstance& to);
@@ -114,6 +121,7 @@ class VmSandbox : public Sandbox {
   QemuInstance* current_ = nullptr;
   bool stopped_ = false;
   int launches_ = 0;
+  std::filesystem::path ramFile_;
 };
 
 // Pick the QEMU binary ($CRBENCH_QEMU or qemu-system-x86_64 in PATH); errors say how to install.

@@ -10,7 +10,8 @@
 //                   the same format as a save file.
 // Options (--engine-opt): bypass-cache=true (VIR_DOMAIN_SAVE_BYPASS_CACHE on save and restore;
 // the snapshot API has no such flag, so leave-running refuses it), live=false (leave-running
-// pauses the guest for the whole copy).
+// pauses the guest for the whole copy), image_format=zstd|gzip|xz|lzop|bzip2 (stop-and-copy: the
+// save image compressed by libvirt), damage=truncate (test hook: halve the image before restore).
 // virDomainGetJobStats is polled during the job and read once more when it has completed; every
 // field libvirt returns is recorded beside the prober's figures.
 #include <fcntl.h>
@@ -241,6 +242,13 @@ class LibvirtEngine : public Engine {
                                    meta.value("version", 0), ctx.imageDir.string(), kImageVersion));
     fs::path file = ctx.imageDir / meta.value("file", "");
     std::error_code ec;
+    // Test hook (--engine-opt damage=truncate): cut the image in half before the restore, so the
+    // refusal path can be exercised end to end through `crbench run`.
+    if (ctx.options.value("damage", "") == "truncate") {
+      auto full = fs::file_size(file, ec);
+      if (!ec) fs::resize_file(file, full / 2, ec);
+      r.notes.push_back("image damaged on request (damage=truncate)");
+    }
     auto size = fs::file_size(file, ec);
     if (ec)
       return makeError(fmt::format("libvirt image file {} is missing: {}", file.string(), ec.message()));
@@ -296,11 +304,24 @@ class LibvirtEngine : public Engine {
     fs::path file = ctx.imageDir / "domain.save";
     fs::path tmp = ctx.imageDir / "domain.save.partial";
     virDomainPtr dom = sb.domain();
+    // image_format=zstd|gzip|xz|lzop|bzip2: libvirt pipes QEMU's stream through that compressor
+    // (virDomainSaveParams, libvirt >= 11.2); restore reads the format from the image header.
+    std::string format = ctx.options.value("image_format", "");
 
     JobSampler sampler(dom);
     ctx.mark("stopping");
     auto t0 = Clock::now();
-    int rc = virDomainSaveFlags(dom, tmp.c_str(), nullptr, flags);
+    int rc = -1;
+    if (format.empty()) {
+      rc = virDomainSaveFlags(dom, tmp.c_str(), nullptr, flags);
+    } else {
+      virTypedParameterPtr params = nullptr;
+      int n = 0, max = 0;
+      virTypedParamsAddString(&params, &n, &max, VIR_DOMAIN_SAVE_PARAM_FILE, tmp.c_str());
+      virTypedParamsAddString(&params, &n, &max, VIR_DOMAIN_SAVE_PARAM_IMAGE_FORMAT, format.c_str());
+      rc = virDomainSaveParams(dom, params, n, flags);
+      virTypedParamsFree(params, n);
+    }
     r.phasesMs["save"] = msSince(t0);
     sampler.finish();
     if (rc != 0) {
@@ -310,7 +331,8 @@ class LibvirtEngine : public Engine {
       return e.context("stop-and-copy failed (" + ensureRunningAfterFailure(dom) + ")");
     }
     ctx.mark("stopped");
-    return finishImage(sb, ctx, r, tmp, file, sampler, {{"bypass_cache", bypass}});
+    return finishImage(sb, ctx, r, tmp, file, sampler,
+                       {{"bypass_cache", bypass}, {"image_format", format.empty() ? "raw (default)" : format}});
   }
 
   Result<PhaseReport> snapshot(LibvirtSandbox& sb, const CheckpointContext& ctx) {
@@ -319,6 +341,10 @@ class LibvirtEngine : public Engine {
       return makeError("bypass-cache applies to stop-and-copy only: libvirt's snapshot API has no "
                        "such flag",
                        "drop --engine-opt bypass-cache for leave-running");
+    if (ctx.options.contains("image_format"))
+      return makeError("image_format applies to stop-and-copy only: an external memory snapshot's "
+                       "format is the daemon's snapshot_image_format (qemu.conf), not a per-call flag",
+                       "drop --engine-opt image_format for leave-running");
     bool live = optionTrue(ctx.options, "live", true);
     fs::path file = ctx.imageDir / "memory.save";
     fs::path tmp = ctx.imageDir / "memory.save.partial";
@@ -402,6 +428,7 @@ class LibvirtEngine : public Engine {
                  {"bytes", bytes},
                  {"domain", sb.domainName()},
                  {"accelerator", sb.describe().value("accelerator", Json::object()).value("accel", "")},
+                 {"flags", r.engineFigures["flags"]},
                  {"libvirt", sb.connection().describe()}};
     CRB_CHECK(writeFileAtomic(ctx.imageDir / kMetaFile, meta.dump(2) + "\n", 0600));
     r.phasesMs["sync"] = msSince(t0);

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -43,6 +44,15 @@ Result<double> numOption(const Json& opts, const std::string& key, double fallba
   if (n < lo || n > hi)
     return makeError(fmt::format("engine option {}={} is out of range", key, n), fmt::format("use {}..{}", lo, hi), 2);
   return n;
+}
+
+bool boolOption(const Json& opts, const std::string& key) {
+  if (!opts.contains(key)) return false;
+  const Json& v = opts[key];
+  if (v.is_boolean()) return v.get<bool>();
+  if (v.is_number()) return v.get<double>() != 0;
+  std::string t = v.is_string() ? v.get<std::string>() : "";
+  return t == "1" || t == "true" || t == "yes" || t == "on";
 }
 
 struct MigrationSettings {
@@ -92,6 +102,7 @@ Json migrationFigures(const Json& info) {
                    "postcopy-bytes", "downtime-bytes", "postcopy-requests"})
       if (r.contains(k)) f["ram"][k] = r[k];
   }
+  if (info.contains("xbzrle-cache")) f["xbzrle-cache"] = info["xbzrle-cache"];
   if (info.contains("error-desc")) f["error-desc"] = info["error-desc"];
   return f;
 }
@@ -126,7 +137,17 @@ Result<std::string> runState(qmp::QmpClient& q) {
 
 // Leave the source VM running after a failed checkpoint, or say it is dead.
 std::string recoverSource(VmSandbox& vm) {
-  if (!vm.current().alive()) return "the source QEMU has exited; the VM is gone";
+  // A QEMU that hung up QMP is usually exiting: its sockets close before it can be reaped.
+  auto until = Clock::now() + milliseconds(2000);
+  while (!vm.qmp().connected() && vm.current().alive() && Clock::now() < until)
+    std::this_thread::sleep_for(milliseconds(10));
+  if (!vm.current().alive()) {
+    int ws = vm.current().waitStatus;
+    std::string how = WIFSIGNALED(ws)   ? fmt::format("was killed by signal {}", WTERMSIG(ws))
+                      : WIFEXITED(ws) ? fmt::format("exited with status {}", WEXITSTATUS(ws))
+                                      : "has exited";
+    return fmt::format("the source QEMU (pid {}) {}; the VM is gone", vm.current().pid, how);
+  }
   auto& q = vm.qmp();
   (void)q.execute("migrate_cancel", Json::object(), milliseconds(5000));
   auto st = runState(q);
@@ -156,6 +177,34 @@ Result<uint32_t> crcOfFile(const fs::path& p, uint64_t* bytes) {
     *bytes += static_cast<uint64_t>(n);
   }
   return crc;
+}
+
+// Move the guest's RAM file into the image: a rename on one filesystem; across filesystems a copy
+// (copy_file_range keeps holes where the filesystem can), which the caller reports as such.
+Status moveRamFile(const fs::path& from, const fs::path& to, bool* copied) {
+  *copied = false;
+  if (::rename(from.c_str(), to.c_str()) == 0) return success();
+  if (errno != EXDEV) return sysError(fmt::format("move the RAM file {} to {}", from.string(), to.string()), errno);
+  *copied = true;
+  Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in.valid()) return sysError("open " + from.string(), errno);
+  Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!out.valid()) return sysError("create " + to.string(), errno);
+  for (;;) {
+    ssize_t n = ::copy_file_range(in.get(), nullptr, out.get(), nullptr, 1 << 30, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      std::error_code ec;
+      fs::remove(to, ec);
+      return sysError(fmt::format("copy the RAM file {} to {}", from.string(), to.string()), e);
+    }
+    if (n == 0) break;
+  }
+  if (::fsync(out.get()) != 0) return sysError("fsync " + to.string(), errno);
+  std::error_code ec;
+  fs::remove(from, ec);
+  return success();
 }
 
 uint64_t allocatedBytes(const fs::path& p) {
@@ -189,6 +238,18 @@ Result<Json> verifyQemuImage(const fs::path& dir) {
     return makeError(fmt::format("qemu image {}: {} is {} ({} of the {} bytes recorded)", dir.string(),
                                  kQemuVmstateFile, have < want ? "truncated" : "longer than recorded", have, want),
                      "the image is damaged; restore refused — take a new checkpoint");
+  if (m.contains("ram_file")) {
+    // The RAM file is checked by size only: a CRC over all guest RAM would cost the restore the
+    // time file-ram exists to save. Truncation (the likely damage) is still refused.
+    fs::path rpath = dir / m.value("ram_file", "");
+    uint64_t rwant = m.value("ram_bytes", uint64_t(0));
+    uint64_t rhave = fs::exists(rpath, ec) ? fs::file_size(rpath, ec) : 0;
+    if (ec || rhave != rwant)
+      return makeError(fmt::format("qemu image {}: RAM file {} is {} ({} of the {} bytes recorded)", dir.string(),
+                                   rpath.filename().string(), rhave < rwant ? "missing or truncated" : "longer than recorded",
+                                   rhave, rwant),
+                       "the image is damaged; restore refused — take a new checkpoint");
+  }
   uint64_t n = 0;
   CRB_ASSIGN(uint32_t crc, crcOfFile(spath, &n));
   if (crc != m.value("vmstate_crc32", uint32_t(0)))
@@ -210,8 +271,8 @@ class QemuEngine : public Engine {
       c.unavailable = q.error().text();
       return c;
     }
-    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy, modes::kPostCopy};
-    c.unsupportedModes[modes::kFileRam] = "not implemented in this crbench yet (memory-backend-file + x-ignore-shared)";
+    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy, modes::kPostCopy, modes::kFileRam};
+    c.modeRuntimeFlavors[modes::kFileRam] = "vm-file-ram";
     c.unsupportedModes[modes::kIncremental] = "QEMU migration streams have no parent/child relation";
     c.unsupportedModes[modes::kLazy] = "use post-copy: QEMU serves pages on demand only during a live migration";
     c.unsupportedModes[modes::kBackground] = "QEMU's background-snapshot is the leave-running mode";
@@ -224,8 +285,9 @@ class QemuEngine : public Engine {
     if (!vm) return makeError("the qemu engine works on the vm runtime only", "use --runtime vm", 2);
     if (ctx.mode == modes::kStopAndCopy || ctx.mode == modes::kLeaveRunning) return saveToFile(*vm, ctx);
     if (ctx.mode == modes::kPreCopy || ctx.mode == modes::kPostCopy) return liveMigrate(*vm, ctx);
+    if (ctx.mode == modes::kFileRam) return saveToFile(*vm, ctx);
     return makeError(fmt::format("the qemu engine has no mode '{}'", ctx.mode),
-                     "use stop-and-copy, leave-running, pre-copy or post-copy", 2);
+                     "use stop-and-copy, leave-running, pre-copy, post-copy or file-ram", 2);
   }
 
   Result<PhaseReport> restore(Sandbox& sandbox, const CheckpointContext& ctx) override {
@@ -242,11 +304,21 @@ class QemuEngine : public Engine {
  private:
   Result<PhaseReport> saveToFile(VmSandbox& vm, const CheckpointContext& ctx) {
     bool background = ctx.mode == modes::kLeaveRunning;
+    bool fileRam = ctx.mode == modes::kFileRam;
+    if (fileRam && vm.ramFile().empty())
+      return makeError(fmt::format("qemu file-ram: VM {} was booted with anonymous RAM", vm.id()),
+                       "file-ram needs the vm-file-ram runtime flavor (crbench run picks it for this mode)");
+    for (const char* o : {"multifd", "xbzrle"})
+      if (ctx.options.contains(o))
+        return makeError(fmt::format("engine option {} applies to live migration (pre-copy, post-copy) only", o),
+                         "xbzrle resends only changed bytes of pages sent before, and a file stream sends each "
+                         "page once; multifd into a file needs QEMU's mapped-ram format, which crbench does not read");
     PhaseReport r;
     CRB_ASSIGN(MigrationSettings set, readSettings(ctx.options, 300));
     auto& q = vm.qmp();
     q.takeEvents();
-    CRB_CHECK(setCapabilities(q, {{"background-snapshot", background}}));
+    // x-ignore-shared: RAM in a shared named file is left out of the stream (it is the file).
+    CRB_CHECK(setCapabilities(q, {{"background-snapshot", background}, {"x-ignore-shared", fileRam}}));
     CRB_CHECK(applySettings(q, set));
     fs::path tmp = ctx.imageDir / (std::string(".") + kQemuVmstateFile + ".partial");
     fs::path final = ctx.imageDir / kQemuVmstateFile;
@@ -298,7 +370,7 @@ class QemuEngine : public Engine {
     r.phasesMs["migrate"] = msSince(tm);
     r.engineFigures["query_migrate"] = migrationFigures(*info);
     r.engineFigures["settings"] = set.applied;
-    r.engineFigures["capabilities"] = {{"background-snapshot", background}};
+    r.engineFigures["capabilities"] = {{"background-snapshot", background}, {"x-ignore-shared", fileRam}};
 
     // Durable before we call it saved.
     Fd sync(::open(tmp.c_str(), O_RDONLY | O_CLOEXEC));
@@ -315,6 +387,29 @@ class QemuEngine : public Engine {
       // Stop-and-copy: the workload is gone after the checkpoint; the restore brings it back.
       vm.kill(&vm.current());
       ctx.mark("source-ended");
+    }
+    Json ramFacts;
+    if (fileRam) {
+      // The source is gone, so the file holds the guest's RAM as of the stop; it becomes the image.
+      fs::path ramDst = ctx.imageDir / kQemuRamFile;
+      bool copied = false;
+      auto tr = Clock::now();
+      auto mv = moveRamFile(vm.ramFile(), ramDst, &copied);
+      if (!mv.ok()) {
+        cleanup();
+        return mv.error().context("qemu file-ram checkpoint");
+      }
+      r.phasesMs[copied ? "ram_copy" : "ram_rename"] = msSince(tr);
+      if (copied)
+        r.notes.push_back("file-ram: the RAM file was copied into the image (runtime and image directories are on "
+                          "different filesystems); on one filesystem it is a rename");
+      std::error_code ec;
+      ramFacts = {{"file", kQemuRamFile},
+                  {"bytes", fs::file_size(ramDst, ec)},
+                  {"allocated_bytes", allocatedBytes(ramDst)},
+                  {"moved_by", copied ? "copy" : "rename"}};
+      r.engineFigures["ram_file"] = ramFacts;
+      if (r.phasesMs.count("stop")) r.phasesMs["pause_to_device_state_saved"] = r.phasesMs["stop"] + r.phasesMs["migrate"];
     }
     r.phasesMs["total"] = msSince(t0);
     for (auto& e : q.connected() ? q.takeEvents() : std::deque<qmp::Event>{})
@@ -347,6 +442,10 @@ class QemuEngine : public Engine {
                      {"initramfs_hash", vm.bootFiles().initramfsHash},
                      {"source_argv", vm.buildArgv(QemuLaunch{})},
                      {"query_migrate", r.engineFigures["query_migrate"]}};
+    if (fileRam) {
+      manifest["ram_file"] = kQemuRamFile;
+      manifest["ram_bytes"] = ramFacts["bytes"];
+    }
     CRB_CHECK(writeFileAtomic(ctx.imageDir / kQemuManifestFile, manifest.dump(2), 0600));
     r.engineFigures["image_bytes_apparent"] = bytes;
     r.engineFigures["image_bytes_allocated"] = allocatedBytes(final);
@@ -379,7 +478,17 @@ class QemuEngine : public Engine {
 
     auto t0 = Clock::now();
     // The same machine, waiting for a stream; the old QEMU (if still running) is replaced.
-    CRB_ASSIGN(QemuInstance * inst, vm.relaunch({"-incoming", "defer"}, "restore"));
+    QemuLaunch spec;
+    spec.tag = "restore";
+    spec.extraArgs = {"-incoming", "defer"};
+    bool fileRam = manifest.contains("ram_file");
+    if (fileRam) {
+      // share=off maps the RAM file privately: the guest's writes stay in this QEMU, so the
+      // image can be restored again.
+      spec.ramFile = ctx.imageDir / manifest.value("ram_file", "");
+      spec.ramShared = false;
+    }
+    CRB_ASSIGN(QemuInstance * inst, vm.relaunch(spec));
     r.phasesMs["spawn_to_qmp"] = inst->spawnToQmpMs;
     auto fail = [&](const Error& e) -> Result<PhaseReport> {
       std::string tail = vm.logTail(*inst, 6);
@@ -389,6 +498,11 @@ class QemuEngine : public Engine {
       return out;
     };
     auto& q = *inst->qmp;
+    if (fileRam) {
+      // The stream carries the RAM block addresses only when both sides ignore shared RAM.
+      auto c = setCapabilities(q, {{"x-ignore-shared", true}});
+      if (!c.ok()) return fail(c.error());
+    }
     auto g = q.execute("getfd", Json{{"fdname", kImageFdName}}, milliseconds(5000), file.get());
     if (!g.ok()) return fail(g.error());
     file.reset();
@@ -412,6 +526,7 @@ class QemuEngine : public Engine {
     r.engineFigures["incoming"] = migrationFigures(*info);
     r.engineFigures["state_after_load"] = *st;
     r.engineFigures["qemu_pid"] = inst->pid;
+    if (fileRam) r.engineFigures["ram_file"] = {{"path", spec.ramFile.string()}, {"share", false}};
     return r;
   }
 
@@ -419,11 +534,25 @@ class QemuEngine : public Engine {
     bool postcopy = ctx.mode == modes::kPostCopy;
     PhaseReport r;
     CRB_ASSIGN(MigrationSettings set, readSettings(ctx.options, 60));
+    bool xbzrle = boolOption(ctx.options, "xbzrle");
+    int multifd = 0;
+    if (ctx.options.contains("multifd")) {
+      CRB_ASSIGN(double n, numOption(ctx.options, "multifd", 0, 0, 64));
+      multifd = static_cast<int>(n);
+    }
     auto& src = vm.current();
     auto& q = *src.qmp;
     q.takeEvents();
-    CRB_CHECK(setCapabilities(q, {{"background-snapshot", false}, {"postcopy-ram", postcopy}}));
+    CRB_CHECK(setCapabilities(q, {{"background-snapshot", false}, {"x-ignore-shared", false},
+                                  {"postcopy-ram", postcopy}, {"xbzrle", xbzrle}, {"multifd", multifd > 0}}));
     CRB_CHECK(applySettings(q, set));
+    if (xbzrle && ctx.options.contains("xbzrle_cache_mib")) {
+      CRB_ASSIGN(double mib, numOption(ctx.options, "xbzrle_cache_mib", 64, 1, 65536));
+      CRB_CHECK(q.execute("migrate-set-parameters", Json{{"xbzrle-cache-size", static_cast<int64_t>(mib * 1048576)}},
+                          milliseconds(5000)));
+    }
+    if (multifd > 0)
+      CRB_CHECK(q.execute("migrate-set-parameters", Json{{"multifd-channels", multifd}}, milliseconds(5000)));
 
     auto tl = Clock::now();
     QemuLaunch spec;
@@ -433,11 +562,16 @@ class QemuEngine : public Engine {
     CRB_ASSIGN(QemuInstance * dst, vm.launch(spec));
     r.phasesMs["target_spawn_to_qmp"] = msSince(tl);
     auto killTarget = [&] { vm.kill(dst); };
-    if (postcopy) {
-      auto c = setCapabilities(*dst->qmp, {{"postcopy-ram", true}});
+    // The target must agree on the stream's shape: post-copy and multifd channels.
+    if (postcopy || multifd > 0) {
+      Status c = setCapabilities(*dst->qmp, {{"postcopy-ram", postcopy}, {"multifd", multifd > 0}});
+      if (c.ok() && multifd > 0) {
+        auto p = dst->qmp->execute("migrate-set-parameters", Json{{"multifd-channels", multifd}}, milliseconds(5000));
+        if (!p.ok()) c = p.error();
+      }
       if (!c.ok()) {
         killTarget();
-        return c.error().context("post-copy on the target");
+        return c.error().context("qemu live migration: capabilities on the target");
       }
     }
     fs::path sock = vm.runDir() / "migrate.sock";
@@ -505,7 +639,8 @@ class QemuEngine : public Engine {
     }
     r.engineFigures["query_migrate"] = migrationFigures(*info);
     r.engineFigures["settings"] = set.applied;
-    r.engineFigures["capabilities"] = {{"postcopy-ram", postcopy}};
+    r.engineFigures["capabilities"] = {{"postcopy-ram", postcopy}, {"xbzrle", xbzrle}, {"multifd", multifd > 0}};
+    if (multifd > 0) r.engineFigures["settings"]["multifd-channels"] = multifd;
     // The prober's ports now follow the guest to the target.
     auto tf = Clock::now();
     auto mv = vm.moveHostForwards(src, *dst);

@@ -50,6 +50,28 @@ TEST(QemuImage, TruncatedOrIncompleteImageIsRefused) {
   fs::remove_all(d);
 }
 
+// file-ram images carry the guest's RAM file; a missing or truncated one is refused by size.
+TEST(QemuImage, FileRamImageChecksItsRamFile) {
+  auto d = tempDir("ramfile");
+  std::string stream(5000, 'd');
+  ASSERT_TRUE(writeFileAtomic(d / kQemuVmstateFile, stream).ok());
+  Json m = {{"engine", "qemu"}, {"format", kQemuImageFormat}, {"vmstate_bytes", stream.size()},
+            {"vmstate_crc32", crc32(stream)}, {"ram_file", kQemuRamFile}, {"ram_bytes", 1 << 20}};
+  ASSERT_TRUE(writeFileAtomic(d / kQemuManifestFile, m.dump()).ok());
+  auto missing = verifyQemuImage(d);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.error().message.find("guest-ram is missing or truncated"), std::string::npos)
+      << missing.error().text();
+  ASSERT_TRUE(writeFileAtomic(d / kQemuRamFile, std::string(1 << 20, 'r')).ok());
+  auto good = verifyQemuImage(d);
+  EXPECT_TRUE(good.ok()) << good.error().text();
+  ASSERT_EQ(::truncate((d / kQemuRamFile).c_str(), 1 << 19), 0);
+  auto cut = verifyQemuImage(d);
+  ASSERT_FALSE(cut.ok());
+  EXPECT_NE(cut.error().message.find("truncated"), std::string::npos) << cut.error().text();
+  fs::remove_all(d);
+}
+
 // One boot, several engine operations on it (boots cost seconds under TCG): stop-and-copy
 // checkpoint + restore with continuity checks, a truncated copy refused, then a live pre-copy
 // migration to a second QEMU. Nothing is left behind at the end.
