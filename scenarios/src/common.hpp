@@ -12,9 +12,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 
 namespace crbw {
 
@@ -45,7 +47,9 @@ inline std::string field(const std::string& text, const std::string& key) {
   return {};
 }
 
-inline void writePid(const std::string& path) { writeStatus(path, std::to_string(getpid()) + "\n"); }
+inline void writePid(const std::string& path) {
+  writeStatus(path, std::to_string(getpid()) + "\n");
+}
 
 inline pid_t readPid(const std::string& path) {
   std::string t = readText(path);
@@ -53,7 +57,8 @@ inline pid_t readPid(const std::string& path) {
 }
 
 // --name value options; returns fallback when absent.
-inline std::string opt(int argc, char** argv, const std::string& name, const std::string& fallback) {
+inline std::string opt(int argc, char** argv, const std::string& name,
+                       const std::string& fallback) {
   for (int i = 1; i + 1 < argc; ++i)
     if (name == argv[i]) return argv[i + 1];
   return fallback;
@@ -65,6 +70,26 @@ inline double nowSeconds() {
 
 inline void sleepSeconds(double s) {
   if (s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(s));
+}
+
+// The "progress" verb of a workload: print one field of its status file (the value the
+// scenario's progress check compares before and after); fails when there is no status yet.
+inline int printStatusField(int argc, char** argv, const std::string& defaultDir,
+                            const std::string& key) {
+  std::string st = readText(opt(argc, argv, "--state", defaultDir) + "/status");
+  std::printf("%s\n", field(st, key).c_str());
+  return st.empty() ? 1 : 0;
+}
+
+using Verb = std::pair<const char*, int (*)(int, char**)>;
+
+// argv[1] picks the verb; anything else prints the usage and exits 2.
+inline int dispatch(int argc, char** argv, std::initializer_list<Verb> verbs, const char* usage) {
+  std::string verb = argc > 1 ? argv[1] : "";
+  for (auto& [name, fn] : verbs)
+    if (verb == name) return fn(argc, argv);
+  std::fprintf(stderr, "%s", usage);
+  return 2;
 }
 
 [[noreturn]] inline void die(const std::string& msg) {

@@ -23,7 +23,8 @@ struct Lattice {
   std::vector<double> a, b;
   uint64_t step = 0;
   explicit Lattice(size_t n) : a(n), b(n) {
-    for (size_t i = 0; i < n; ++i) a[i] = 0.1 + 0.8 * double((i * 2654435761u) % 1000003) / 1000003.0;
+    for (size_t i = 0; i < n; ++i)
+      a[i] = 0.1 + 0.8 * double((i * 2654435761u) % 1000003) / 1000003.0;
   }
   void advance() {
     const double r = 3.9, eps = 0.3;
@@ -61,7 +62,8 @@ int run(int argc, char** argv) {
     double t0 = crbw::nowSeconds();
     for (uint64_t i = 0; i < kPublishEvery; ++i) lat.advance();
     char buf[256];
-    std::snprintf(buf, sizeof buf, "cells=%zu\nstep=%" PRIu64 "\nchecksum=%016" PRIx64 "\nrounding=%d\n", cells,
+    std::snprintf(buf, sizeof buf,
+                  "cells=%zu\nstep=%" PRIu64 "\nchecksum=%016" PRIx64 "\nrounding=%d\n", cells,
                   lat.step, lat.checksum(), std::fegetround() == FE_UPWARD ? 1 : 0);
     crbw::writeStatus(state + "/status", buf);
     double spent = crbw::nowSeconds() - t0;
@@ -72,7 +74,8 @@ int run(int argc, char** argv) {
 int verify(int argc, char** argv) {
   std::string state = crbw::opt(argc, argv, "--state", "/tmp/crb-compute");
   std::string st = crbw::readText(state + "/status");
-  if (st.empty()) crbw::die("crb-compute verify: no status in " + state + " (is the workload running?)");
+  if (st.empty())
+    crbw::die("crb-compute verify: no status in " + state + " (is the workload running?)");
   size_t cells = std::strtoull(crbw::field(st, "cells").c_str(), nullptr, 10);
   uint64_t step = std::strtoull(crbw::field(st, "step").c_str(), nullptr, 10);
   std::string got = crbw::field(st, "checksum");
@@ -82,25 +85,19 @@ int verify(int argc, char** argv) {
   char want[32];
   std::snprintf(want, sizeof want, "%016" PRIx64, ref.checksum());
   bool ok = got == want && crbw::field(st, "rounding") == "1";
-  std::printf("step=%" PRIu64 " checksum=%s reference=%s rounding_kept=%s %s\n", step, got.c_str(), want,
-              crbw::field(st, "rounding").c_str(), ok ? "match" : "MISMATCH");
+  std::printf("step=%" PRIu64 " checksum=%s reference=%s rounding_kept=%s %s\n", step, got.c_str(),
+              want, crbw::field(st, "rounding").c_str(), ok ? "match" : "MISMATCH");
   return ok ? 0 : 1;
 }
 
 int progress(int argc, char** argv) {
-  std::string st = crbw::readText(crbw::opt(argc, argv, "--state", "/tmp/crb-compute") + "/status");
-  std::printf("%s\n", crbw::field(st, "step").c_str());
-  return st.empty() ? 1 : 0;
+  return crbw::printStatusField(argc, argv, "/tmp/crb-compute", "step");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string verb = argc > 1 ? argv[1] : "";
-  if (verb == "run") return run(argc, argv);
-  if (verb == "verify") return verify(argc, argv);
-  if (verb == "progress") return progress(argc, argv);
-  std::fprintf(stderr, "usage: crb-compute run [--cells N] [--busy-percent P] [--state DIR]\n"
-                       "       crb-compute verify [--state DIR]\n");
-  return 2;
+  return crbw::dispatch(argc, argv, {{"run", run}, {"verify", verify}, {"progress", progress}},
+                        "usage: crb-compute run [--cells N] [--busy-percent P] [--state DIR]\n"
+                        "       crb-compute verify [--state DIR]\n");
 }

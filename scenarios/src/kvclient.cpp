@@ -17,7 +17,9 @@
 
 namespace {
 
-std::string bulk(const std::string& s) { return "$" + std::to_string(s.size()) + "\r\n" + s + "\r\n"; }
+std::string bulk(const std::string& s) {
+  return "$" + std::to_string(s.size()) + "\r\n" + s + "\r\n";
+}
 
 std::string command(std::initializer_list<std::string> parts) {
   std::string out = "*" + std::to_string(parts.size()) + "\r\n";
@@ -91,11 +93,14 @@ class Conn {
   std::string buf_;
 };
 
-std::string valueFor(uint64_t i) { return "v" + std::to_string(i * 2654435761ULL) + "-crbench"; }
+std::string valueFor(uint64_t i) {
+  return "v" + std::to_string(i * 2654435761ULL) + "-crbench";
+}
 
 int run(int argc, char** argv) {
   int port = std::atoi(crbw::opt(argc, argv, "--port", "6379").c_str());
-  double interval = std::strtod(crbw::opt(argc, argv, "--interval-ms", "20").c_str(), nullptr) / 1000.0;
+  double interval =
+      std::strtod(crbw::opt(argc, argv, "--interval-ms", "20").c_str(), nullptr) / 1000.0;
   std::string state = crbw::opt(argc, argv, "--state", "/tmp/crb-kvclient");
   ::mkdir(state.c_str(), 0755);
   Conn c;
@@ -109,7 +114,8 @@ int run(int argc, char** argv) {
   std::string lastError;
   auto status = [&] {
     char buf[512];
-    std::snprintf(buf, sizeof buf, "connections=%d\nverified=%" PRIu64 "\nerrors=%" PRIu64 "\nlast_error=%s\n",
+    std::snprintf(buf, sizeof buf,
+                  "connections=%d\nverified=%" PRIu64 "\nerrors=%" PRIu64 "\nlast_error=%s\n",
                   connected ? 1 : 0, ok, errors, lastError.c_str());
     crbw::writeStatus(state + "/status", buf);
   };
@@ -126,7 +132,8 @@ int run(int argc, char** argv) {
     uint64_t old = 1 + (i * 7919) % i;
     bool good = c.send(command({"SET", key, valueFor(i)})) && c.reply(r) && r == "+OK" &&
                 c.send(command({"GET", key})) && c.reply(r) && r == valueFor(i) &&
-                c.send(command({"GET", "crb:" + std::to_string(old)})) && c.reply(r) && r == valueFor(old);
+                c.send(command({"GET", "crb:" + std::to_string(old)})) && c.reply(r) &&
+                r == valueFor(old);
     if (good) {
       ++ok;
     } else {
@@ -142,7 +149,8 @@ int run(int argc, char** argv) {
 }
 
 int check(int argc, char** argv) {
-  std::string st = crbw::readText(crbw::opt(argc, argv, "--state", "/tmp/crb-kvclient") + "/status");
+  std::string st =
+      crbw::readText(crbw::opt(argc, argv, "--state", "/tmp/crb-kvclient") + "/status");
   if (st.empty()) crbw::die("crb-kvclient check: no status (is the client running?)");
   std::printf("connections=%s errors=%s last_error=%s\n", crbw::field(st, "connections").c_str(),
               crbw::field(st, "errors").c_str(), crbw::field(st, "last_error").c_str());
@@ -150,18 +158,13 @@ int check(int argc, char** argv) {
 }
 
 int progress(int argc, char** argv) {
-  std::string st = crbw::readText(crbw::opt(argc, argv, "--state", "/tmp/crb-kvclient") + "/status");
-  std::printf("%s\n", crbw::field(st, "verified").c_str());
-  return st.empty() ? 1 : 0;
+  return crbw::printStatusField(argc, argv, "/tmp/crb-kvclient", "verified");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string verb = argc > 1 ? argv[1] : "";
-  if (verb == "run") return run(argc, argv);
-  if (verb == "check") return check(argc, argv);
-  if (verb == "progress") return progress(argc, argv);
-  std::fprintf(stderr, "usage: crb-kvclient run|check|progress [--port P] [--interval-ms MS] [--state DIR]\n");
-  return 2;
+  return crbw::dispatch(
+      argc, argv, {{"run", run}, {"check", check}, {"progress", progress}},
+      "usage: crb-kvclient run|check|progress [--port P] [--interval-ms MS] [--state DIR]\n");
 }

@@ -53,7 +53,9 @@ int run(int argc, char** argv) {
   size_t bytes = sizeMiB << 20;
   size_t pages = bytes / kPage;
   void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) crbw::die("crb-memory: mmap of " + std::to_string(sizeMiB) + " MiB failed: " + std::strerror(errno));
+  if (mem == MAP_FAILED)
+    crbw::die("crb-memory: mmap of " + std::to_string(sizeMiB) +
+              " MiB failed: " + std::strerror(errno));
   auto* base = static_cast<uint64_t*>(mem);
   std::vector<uint32_t> gen(pages, 0);
   for (size_t p = 0; p < pages; ++p) fillPage(base + p * kWords, p, 0);
@@ -72,8 +74,9 @@ int run(int argc, char** argv) {
   auto status = [&](const char* phase) {
     char buf[512];
     std::snprintf(buf, sizeof buf,
-                  "phase=%s\nsize_mib=%" PRIu64 "\ndirty_mib_s=%g\npages=%zu\npages_written=%" PRIu64
-                  "\nverify_seq=%" PRIu64 "\nbad_pages=%" PRIu64 "\nfirst_bad=%" PRId64 "\n",
+                  "phase=%s\nsize_mib=%" PRIu64
+                  "\ndirty_mib_s=%g\npages=%zu\npages_written=%" PRIu64 "\nverify_seq=%" PRIu64
+                  "\nbad_pages=%" PRIu64 "\nfirst_bad=%" PRId64 "\n",
                   phase, sizeMiB, rateMiB, pages, written, verifySeq, badPages,
                   firstBad == UINT64_MAX ? int64_t{-1} : int64_t(firstBad));
     crbw::writeStatus(state + "/status", buf);
@@ -121,16 +124,19 @@ int verify(int argc, char** argv) {
   std::string state = crbw::opt(argc, argv, "--state", "/tmp/crb-memory");
   double timeout = std::strtod(crbw::opt(argc, argv, "--timeout", "120").c_str(), nullptr);
   pid_t pid = crbw::readPid(state + "/pid");
-  if (pid <= 0) crbw::die("crb-memory verify: no pid in " + state + "/pid (is the workload running?)");
-  uint64_t before = std::strtoull(crbw::field(crbw::readText(state + "/status"), "verify_seq").c_str(), nullptr, 10);
-  if (kill(pid, SIGUSR1) != 0) crbw::die("crb-memory verify: workload pid " + std::to_string(pid) + " is gone");
+  if (pid <= 0)
+    crbw::die("crb-memory verify: no pid in " + state + "/pid (is the workload running?)");
+  uint64_t before = std::strtoull(
+      crbw::field(crbw::readText(state + "/status"), "verify_seq").c_str(), nullptr, 10);
+  if (kill(pid, SIGUSR1) != 0)
+    crbw::die("crb-memory verify: workload pid " + std::to_string(pid) + " is gone");
   double deadline = crbw::nowSeconds() + timeout;
   while (crbw::nowSeconds() < deadline) {
     std::string st = crbw::readText(state + "/status");
     if (std::strtoull(crbw::field(st, "verify_seq").c_str(), nullptr, 10) > before) {
       std::string bad = crbw::field(st, "bad_pages");
-      std::printf("size_mib=%s bad_pages=%s first_bad=%s\n", crbw::field(st, "size_mib").c_str(), bad.c_str(),
-                  crbw::field(st, "first_bad").c_str());
+      std::printf("size_mib=%s bad_pages=%s first_bad=%s\n", crbw::field(st, "size_mib").c_str(),
+                  bad.c_str(), crbw::field(st, "first_bad").c_str());
       return bad == "0" ? 0 : 1;
     }
     crbw::sleepSeconds(0.05);
@@ -139,19 +145,13 @@ int verify(int argc, char** argv) {
 }
 
 int progress(int argc, char** argv) {
-  std::string st = crbw::readText(crbw::opt(argc, argv, "--state", "/tmp/crb-memory") + "/status");
-  std::printf("%s\n", crbw::field(st, "pages_written").c_str());
-  return st.empty() ? 1 : 0;
+  return crbw::printStatusField(argc, argv, "/tmp/crb-memory", "pages_written");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string verb = argc > 1 ? argv[1] : "";
-  if (verb == "run") return run(argc, argv);
-  if (verb == "verify") return verify(argc, argv);
-  if (verb == "progress") return progress(argc, argv);
-  std::fprintf(stderr, "usage: crb-memory run --size-mib N --dirty-mib-s R [--state DIR]\n"
-                       "       crb-memory verify [--state DIR] [--timeout S]\n");
-  return 2;
+  return crbw::dispatch(argc, argv, {{"run", run}, {"verify", verify}, {"progress", progress}},
+                        "usage: crb-memory run --size-mib N --dirty-mib-s R [--state DIR]\n"
+                        "       crb-memory verify [--state DIR] [--timeout S]\n");
 }

@@ -48,7 +48,8 @@ size_t drain(int fd, double seconds) {
 
 int run(int argc, char** argv) {
   std::string file = crbw::opt(argc, argv, "--file", "/tmp/crb-edit.txt");
-  double interval = std::strtod(crbw::opt(argc, argv, "--interval-ms", "200").c_str(), nullptr) / 1000.0;
+  double interval =
+      std::strtod(crbw::opt(argc, argv, "--interval-ms", "200").c_str(), nullptr) / 1000.0;
   std::string state = crbw::opt(argc, argv, "--state", "/tmp/crb-ptydrive");
   std::vector<char*> editor;
   for (int i = 1; i < argc; ++i)
@@ -74,8 +75,9 @@ int run(int argc, char** argv) {
   }
   crbw::writePid(state + "/pid");
   auto status = [&](int typed, int saved, const std::string& problem) {
-    crbw::writeStatus(state + "/status", "editor_pid=" + std::to_string(child) + "\ntyped=" + std::to_string(typed) +
-                                             "\nsaved=" + std::to_string(saved) + "\nproblem=" + problem + "\n");
+    crbw::writeStatus(state + "/status",
+                      "editor_pid=" + std::to_string(child) + "\ntyped=" + std::to_string(typed) +
+                          "\nsaved=" + std::to_string(saved) + "\nproblem=" + problem + "\n");
   };
   drain(master, 1.0);  // let the editor draw its first screen
   int saved = 0;
@@ -83,14 +85,16 @@ int run(int argc, char** argv) {
   for (int line = 1;; ++line) {
     // o: open a line below, type, ESC back to command mode.
     // ESC followed at once by more keys reads as a terminal escape sequence to vi: pause after it.
-    if (!writeAll(master, "oline " + std::to_string(line) + "\x1b")) problem = "write to pty failed";
+    if (!writeAll(master, "oline " + std::to_string(line) + "\x1b"))
+      problem = "write to pty failed";
     size_t echoed = drain(master, 0.05);
     if (line % 5 == 0) {
       writeAll(master, ":w\r");
       saved = line;
     }
     echoed += drain(master, interval);
-    if (echoed == 0 && problem.empty()) problem = "no echo from the editor after line " + std::to_string(line);
+    if (echoed == 0 && problem.empty())
+      problem = "no echo from the editor after line " + std::to_string(line);
     int st;
     if (waitpid(child, &st, WNOHANG) == child) problem = "editor exited";
     status(line, saved, problem);
@@ -102,7 +106,8 @@ int run(int argc, char** argv) {
 
 int check(int argc, char** argv) {
   std::string file = crbw::opt(argc, argv, "--file", "/tmp/crb-edit.txt");
-  std::string st = crbw::readText(crbw::opt(argc, argv, "--state", "/tmp/crb-ptydrive") + "/status");
+  std::string st =
+      crbw::readText(crbw::opt(argc, argv, "--state", "/tmp/crb-ptydrive") + "/status");
   if (st.empty()) crbw::die("crb-ptydrive check: no status (is the driver running?)");
   if (!crbw::field(st, "problem").empty()) {
     std::printf("FAIL: %s\n", crbw::field(st, "problem").c_str());
@@ -131,18 +136,13 @@ int check(int argc, char** argv) {
 
 // Lines typed (and echoed) so far: grows every interval, unlike the saved lines (every fifth).
 int progress(int argc, char** argv) {
-  std::string st = crbw::readText(crbw::opt(argc, argv, "--state", "/tmp/crb-ptydrive") + "/status");
-  std::printf("%s\n", crbw::field(st, "typed").c_str());
-  return st.empty() ? 1 : 0;
+  return crbw::printStatusField(argc, argv, "/tmp/crb-ptydrive", "typed");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string verb = argc > 1 ? argv[1] : "";
-  if (verb == "run") return run(argc, argv);
-  if (verb == "check") return check(argc, argv);
-  if (verb == "progress") return progress(argc, argv);
-  std::fprintf(stderr, "usage: crb-ptydrive run|check|progress [--file F] [--interval-ms MS] -- EDITOR...\n");
-  return 2;
+  return crbw::dispatch(
+      argc, argv, {{"run", run}, {"check", check}, {"progress", progress}},
+      "usage: crb-ptydrive run|check|progress [--file F] [--interval-ms MS] -- EDITOR...\n");
 }

@@ -65,7 +65,8 @@ Handles attach(bool create) {
   int shmid = shmget(kSysvKey, sizeof(Shared), flags);
   if (shmid < 0) crbw::die(std::string("crb-shmipc: shmget: ") + std::strerror(errno));
   void* p = shmat(shmid, nullptr, 0);
-  if (p == reinterpret_cast<void*>(-1)) crbw::die(std::string("crb-shmipc: shmat: ") + std::strerror(errno));
+  if (p == reinterpret_cast<void*>(-1))
+    crbw::die(std::string("crb-shmipc: shmat: ") + std::strerror(errno));
   h.sysv = static_cast<Shared*>(p);
   h.semid = semget(kSysvKey, 1, flags);
   if (h.semid < 0) crbw::die(std::string("crb-shmipc: semget: ") + std::strerror(errno));
@@ -140,8 +141,9 @@ int check(int argc, char** argv) {
   uint64_t ss = 0, ps = 0;
   for (int w = 0; w < kMaxWorkers; ++w) ss += s.slot[w], ps += p.slot[w];
   bool ok = ss == s.total && ps == p.total && s.total > 0 && p.total > 0 && s.workers == p.workers;
-  std::printf("workers=%d sysv_total=%" PRIu64 " sysv_slots=%" PRIu64 " posix_total=%" PRIu64 " posix_slots=%" PRIu64
-              " %s\n", s.workers, s.total, ss, p.total, ps, ok ? "consistent" : "INCONSISTENT");
+  std::printf("workers=%d sysv_total=%" PRIu64 " sysv_slots=%" PRIu64 " posix_total=%" PRIu64
+              " posix_slots=%" PRIu64 " %s\n",
+              s.workers, s.total, ss, p.total, ps, ok ? "consistent" : "INCONSISTENT");
   return ok ? 0 : 1;
 }
 
@@ -154,10 +156,6 @@ int progress(int, char**) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string verb = argc > 1 ? argv[1] : "";
-  if (verb == "run") return run(argc, argv);
-  if (verb == "check") return check(argc, argv);
-  if (verb == "progress") return progress(argc, argv);
-  std::fprintf(stderr, "usage: crb-shmipc run|check|progress [--workers N] [--state DIR]\n");
-  return 2;
+  return crbw::dispatch(argc, argv, {{"run", run}, {"check", check}, {"progress", progress}},
+                        "usage: crb-shmipc run|check|progress [--workers N] [--state DIR]\n");
 }
