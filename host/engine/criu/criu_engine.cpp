@@ -462,6 +462,10 @@ Result<PhaseReport> CriuEngine::checkpoint(Sandbox& sandbox, const CheckpointCon
                               : rr.error().text();
     std::string state = recoverWorkload(*c, init);
     std::string hint = fmt::format("full log: {} (command: {})", (work / "dump.log").string(), joinArgs(argv));
+    if (criuErrors(work / "dump.log").find("ctty inheritance") != std::string::npos)
+      hint = "a process of the container has /dev/tty open on a pty whose master another process holds (e.g. "
+             "an interactive shell inside xterm); CRIU refuses to dump that. Run a program that does not open "
+             "/dev/tty on the pty. " + hint;
     if (inheritedSession)
       hint = "the container's init never called setsid(): CRIU cannot dump a pid-namespace init whose session "
              "leader is outside its namespace; the container runtime must setsid() in the child. " + hint;
