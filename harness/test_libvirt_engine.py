@@ -81,11 +81,17 @@ def test_counter_checkpoint_restore(mode, results_dir):
 
 def test_truncated_image_is_refused(results_dir):
     """A save image cut in half (--engine-opt damage=truncate, applied just before the restore) is
-    refused with an error naming the file; the domain and everything else are cleaned up."""
+    refused with an error naming the file; the domain and everything else are cleaned up. The save
+    is zstd-compressed (--engine-opt image_format=zstd), so that option is exercised too."""
     require_libvirt()
-    p, rec = run_libvirt("stop-and-copy", results_dir, ("--engine-opt", "damage=truncate"))
+    p, rec = run_libvirt("stop-and-copy", results_dir,
+                         ("--engine-opt", "damage=truncate", "--engine-opt", "image_format=zstd"))
     assert p.returncode != 0 and rec["status"] == "failed", rec.get("error")
     assert rec["error"]["phase"] == "restore"
+    # The save itself went through, compressed by libvirt (virDomainSaveParams image_format).
+    ck = rec["engine_report"]["checkpoint"]["engine_figures"]
+    assert ck["flags"]["image_format"] == "zstd", ck["flags"]
+    assert ck["image"]["apparent_bytes"] > 1 << 20
     msg = rec["error"]["message"]
     assert "domain.save" in msg and "truncated" in msg and "refused" in msg, msg
     assert not crbench_leftovers(), crbench_leftovers()
