@@ -43,7 +43,8 @@ std::string procLabel(const Json& p) {
   return fmt::format("{}({})", p.value("name", std::string("?")), p.value("pid", 0L));
 }
 
-bool isAgent(const Json& p) { return p.value("name", std::string()) == kAgentName; }
+// The agent marks its own entry; older agents are known by name (in the VM it runs as /init).
+bool isAgent(const Json& p) { return p.value("agent", false) || p.value("name", std::string()) == kAgentName; }
 
 // Collects differences and turns them into a verdict with a short detail.
 struct Diffs {
@@ -154,7 +155,10 @@ std::vector<FidelityCheck> compareDigests(const Json& before, const Json& after)
     }
     maps.compared++;
     Json mb = p.value("maps", Json::object()), ma = q.value("maps", Json::object());
-    if (mb.value("hash", std::string()) != ma.value("hash", std::string()))
+    // Prefer the layout hash (file-backed mappings, heap start, stack top): anonymous memory and
+    // the brk end move in a live program between the two digests without anything being wrong.
+    const char* key = mb.contains("layout_hash") && ma.contains("layout_hash") ? "layout_hash" : "hash";
+    if (mb.value(key, std::string()) != ma.value(key, std::string()))
       maps.add(fmt::format("{}: {} mappings/{} KiB -> {}/{} KiB", procLabel(p), mb.value("count", 0L),
                            mb.value("bytes", 0L) / 1024, ma.value("count", 0L), ma.value("bytes", 0L) / 1024));
     cwd.compared++;
@@ -166,7 +170,7 @@ std::vector<FidelityCheck> compareDigests(const Json& before, const Json& after)
   }
   out.push_back(fds.verdict("fd-table", "workload fd tables (number, kind, path)"));
   out.push_back(offsets.verdict("fd-offsets", "regular-file offsets (never moved backwards)"));
-  out.push_back(maps.verdict("memory-maps", "workload memory maps (ranges, permissions, paths)"));
+  out.push_back(maps.verdict("memory-maps", "workload memory maps (file-backed ranges, permissions, paths; heap start, stack top)"));
   out.push_back(cwd.verdict("cwd", "workload working directories"));
   out.push_back(limits.verdict("limits", "workload resource limits"));
 

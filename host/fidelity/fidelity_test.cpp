@@ -79,3 +79,26 @@ TEST(Fidelity, ScenarioExpectations) {
   EXPECT_EQ(judgeScenarioCheck(c, notRun, run("")).verdict, Verdict::NotApplicable);
 }
 }  // namespace crb
+
+namespace crb {
+// A live program's heap end and anonymous arenas move between the two digests: with the agent's
+// layout hash that is not a difference, while a changed file-backed layout still is.
+TEST(Fidelity, LayoutHashToleratesHeapGrowth) {
+  auto withMaps = [](const std::string& full, const std::string& layout, bool agentFlag) {
+    Json d = digest(2, "/", 10, full);
+    d["processes"][1]["maps"]["layout_hash"] = layout;
+    // In the VM the agent is /init: it is known by its flag, not its name.
+    d["processes"][0]["name"] = "init";
+    if (agentFlag) d["processes"][0]["agent"] = true;
+    d["processes"][0]["maps"] = Json{{"hash", full}};
+    return d;
+  };
+  auto grown = compareDigests(withMaps("h1", "L", true), withMaps("h2", "L", true));
+  EXPECT_EQ(find(grown, "memory-maps").verdict, Verdict::Pass) << find(grown, "memory-maps").detail;
+  auto moved = compareDigests(withMaps("h1", "L", true), withMaps("h2", "M", true));
+  EXPECT_EQ(find(moved, "memory-maps").verdict, Verdict::Fail);
+  // Without the flag the agent's own maps (its heap grows too) would be compared.
+  auto unflagged = compareDigests(withMaps("h1", "L", false), withMaps("h2", "L", false));
+  EXPECT_EQ(find(unflagged, "memory-maps").verdict, Verdict::Fail);
+}
+}  // namespace crb
