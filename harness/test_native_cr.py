@@ -210,3 +210,38 @@ def test_dumper_killed_at_random_points_leaves_workload_running(tmp_path):
     go.touch()
     assert p.wait(timeout=20) == 0, log.read_text()
     assert "PASS" in log.read_text()
+
+
+def test_restore_failing_midway_leaves_no_process(tmp_path):
+    """A fork tree whose last process's page data is corrupted: the restore has already created
+    every process and reshaped the first ones when it finds the damage; all of them must go."""
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_forktree"), str(go)], tmp_path)
+    wait_for(log, "READY")
+    img = tmp_path / "img"
+    d = cr("dump", "--tree", p.pid, "--images", img)
+    assert d.returncode == 0, d.stderr
+    p.wait(timeout=10)
+    s = cr("show", "--json", img)
+    assert s.returncode == 0, s.stderr
+    import json
+    procs = [q for q in json.loads(s.stdout)["processes"] if not q["zombie"]]
+    assert len(procs) >= 3, procs
+    last = procs[-1]
+    pages = img / f"pages-{last['pid']}.img"
+    with open(pages, "r+b") as f:  # flip a byte in the last page of data
+        f.seek(-100, os.SEEK_END)
+        b = f.read(1)
+        f.seek(-100, os.SEEK_END)
+        f.write(bytes([b[0] ^ 0xff]))
+    go.touch()
+    r = cr("restore", "--images", img)
+    assert r.returncode != 0 and pages.name in r.stderr, r.stderr
+    assert "PASS" not in log.read_text()
+    for q in procs:
+        path = Path(f"/proc/{q['pid']}/stat")
+        if path.exists():
+            fields = path.read_text().rsplit(")", 1)[1].split()
+            comm = path.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+            assert comm != q["comm"] or fields[0] == "Z", f"half-restored process {q['pid']} ({comm}) survived"

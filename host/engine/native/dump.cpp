@@ -28,6 +28,49 @@ Json DumpStats::toJson() const {
               {"frozen_ms", frozenMs}};
 }
 
+// The innermost pid in /proc/<pid>[/task/<tid>]/status NSpid: the pid as the tree sees it.
+static Result<pid_t> innermostPid(pid_t pid, pid_t tid = 0) {
+  CRB_ASSIGN(auto st, readStatus(pid, tid));
+  auto it = st.find("NSpid");
+  if (it == st.end()) return makeError(fmt::format("/proc/{}/status has no NSpid line", pid));
+  auto pos = it->second.find_last_of(" \t");
+  return pid_t(std::stol(pos == std::string::npos ? it->second : it->second.substr(pos + 1)));
+}
+
+// A tree in another pid namespace (a container's) is recorded with the pids it sees, which are
+// what a restore into that namespace recreates; crbench itself works with host pids throughout.
+static Status mapNamespacePids(DumpCtx& c) {
+  if (!c.opts.nsReference) return success();
+  auto mine = readLink("/proc/self/ns/pid");
+  auto theirs = readLink(fmt::format("/proc/{}/ns/pid", c.opts.nsReference));
+  if (!mine.ok() || !theirs.ok() || *mine == *theirs) return success();
+  auto add = [&](pid_t host, pid_t tid) -> Status {
+    if (host <= 0 || c.nsPids.count(tid ? tid : host)) return success();
+    CRB_ASSIGN(pid_t ns, innermostPid(host, tid));
+    c.nsPids[tid ? tid : host] = ns;
+    return success();
+  };
+  for (auto& ps : c.tree.procs) {
+    CRB_CHECK(add(ps.pid, 0));
+    for (auto& t : ps.threads) CRB_CHECK(add(ps.pid, t.tid));
+    // Parent, group and session leaders may be outside the tree (the container's init).
+    for (pid_t other : {ps.ppid, ps.pgid, ps.sid})
+      if (other > 0 && !add(other, 0).ok())
+        return makeError(fmt::format("process {} refers to pid {} which is gone", ps.pid, other));
+  }
+  return success();
+}
+
+static void translatePids(DumpCtx& c) {
+  for (auto& ps : c.tree.procs) {
+    for (auto& t : ps.threads) t.tid = c.imagePid(t.tid);
+    ps.pid = c.imagePid(ps.pid);
+    ps.ppid = c.imagePid(ps.ppid);
+    ps.pgid = c.imagePid(ps.pgid);
+    ps.sid = c.imagePid(ps.sid);
+  }
+}
+
 static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& dir, const DumpOptions& opts) {
   if (::geteuid() != 0) return makeError("the native engine needs root (ptrace of any process, clone3 set_tid)", "run as root");
   CRB_CHECK(checkWritableDir(dir));
@@ -39,7 +82,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   Seizure seizure;
   c.seizure = &seizure;
   auto t0 = Clock::now();
-  CRB_CHECK(seizure.seizeTree(root));
+  CRB_CHECK(seizure.seizeTree(root, opts.thaw));
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);
   auto t1 = Clock::now();
@@ -62,6 +105,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
     CRB_CHECK(seizure.finishInjection(pid));
   }
   c.stats.processes = c.tree.procs.size();
+  CRB_CHECK(mapNamespacePids(c));
   if (c.tree.procs.empty() || c.tree.procs[0].zombie) return makeError(fmt::format("process {} is a zombie", root));
   CRB_CHECK(dumpFiles(c));
   for (auto& ps : c.tree.procs)
@@ -86,6 +130,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   c.stats.phasesMs["memdump"] = msSince(t2);
   auto t3 = Clock::now();
   CRB_CHECK(c.blobs->commit(opts.sync));
+  translatePids(c);
   for (auto& ps : c.tree.procs) CRB_CHECK(writeJsonImage(dir, fmt::format("core-{}.img", ps.pid), Json(ps), opts.sync));
   Json files{{"files", c.tree.files}, {"pipes", c.tree.pipes}, {"shmem", c.tree.shmem}, {"mapped", c.tree.mapped}};
   CRB_CHECK(writeJsonImage(dir, "files.img", files, opts.sync));
@@ -93,7 +138,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   ::uname(&u);
   Json inv{{"engine", "crbench-native"},
            {"format_version", kImageFormatVersion},
-           {"root_pid", root},
+           {"root_pid", c.imagePid(root)},
            {"pids", Json::array()},
            {"kernel", u.release},
            {"leave_running", opts.leaveRunning},
@@ -105,7 +150,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   if (opts.leaveRunning) {
     seizure.release();
   } else {
-    CRB_CHECK(seizure.killAll());
+    CRB_CHECK(seizure.killAll(opts.reapKilled));
   }
   opts.mark("resumed");
   return c.stats;

@@ -75,6 +75,16 @@ std::vector<pid_t> outsideHolders(const std::string& link, const std::set<pid_t>
 }
 }  // namespace
 
+// /proc shows a container process's files relative to the container's root, except files outside
+// it (the runtime's log file): those show their host path. Tell them apart by identity.
+static bool outsideRoot(const DumpCtx& c, const std::string& path, const struct stat& st) {
+  if (c.opts.rootPrefix.empty()) return false;
+  struct stat in {}, host {};
+  if (::stat((c.opts.rootPrefix + path).c_str(), &in) == 0 && in.st_dev == st.st_dev && in.st_ino == st.st_ino)
+    return false;
+  return ::stat(path.c_str(), &host) == 0 && host.st_dev == st.st_dev && host.st_ino == st.st_ino;
+}
+
 Status dumpFiles(DumpCtx& c) {
   std::set<pid_t> inTree;
   for (auto& ps : c.tree.procs) inTree.insert(ps.pid);
@@ -151,10 +161,12 @@ Status dumpFiles(DumpCtx& c) {
         } else {
           f.kind = "reg";
           f.path = path;
+          f.outsideRoot = outsideRoot(c, path, st);
         }
       } else if (S_ISDIR(st.st_mode)) {
         f.kind = "dir";
         f.path = path;
+        f.outsideRoot = outsideRoot(c, path, st);
       } else if (S_ISCHR(st.st_mode) && major(st.st_rdev) == 1 &&
                  (minor(st.st_rdev) == 3 || minor(st.st_rdev) == 5 || minor(st.st_rdev) == 7 ||
                   minor(st.st_rdev) == 8 || minor(st.st_rdev) == 9)) {
@@ -280,7 +292,7 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
     int fd = -1;
     int openFlags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
     if (f.kind == "reg" || f.kind == "dir" || f.kind == "dev") {
-      std::string p = pathInTree(c.opts.rootPrefix, f.path);
+      std::string p = f.outsideRoot ? f.path : pathInTree(c.opts.rootPrefix, f.path);
       fd = ::open(p.c_str(), openFlags);
       if (fd < 0) return sysError("reopen " + p, errno);
       if (f.kind == "reg") {

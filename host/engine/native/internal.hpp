@@ -4,6 +4,7 @@
 #include <sys/types.h>
 #include <sys/user.h>
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -36,7 +37,14 @@ struct RemoteProc {
 class Seizure {
  public:
   ~Seizure() { release(); }
-  Status seizeTree(pid_t root);
+  // With `thaw` (a container): called while the tree's cgroup is frozen; every thread is seized
+  // and interrupted while frozen, then thaw() lets each run straight into its ptrace stop, so no
+  // thread runs user code between the first and the last seize. thaw() is always called.
+  Status seizeTree(pid_t root, const std::function<Status()>& thaw = {});
+  // Holds one process (all its threads, not its children) without waiting for it to stop; used
+  // for a container's init while its frozen cgroup is dumped. waitPending() collects the stops.
+  Status holdProcess(pid_t pid);
+  Status waitPending();
   std::vector<pid_t> order;               // processes, parents before children
   std::map<pid_t, RemoteProc> procs;      // live processes
   std::set<pid_t> zombies;
@@ -45,12 +53,16 @@ class Seizure {
   Status finishInjection(pid_t pid);      // unmap the scratch page, put registers back
   Injector injector(pid_t pid, pid_t tid);
   void noteStray(Injector& inj);
-  Status killAll();
+  // SIGKILLs the tree and waits until its pids are free; `reap` is called while waiting (a held
+  // parent outside the tree must be made to reap its dead children).
+  Status killAll(const std::function<void()>& reap = {});
   void release();
 
  private:
-  Status seizeThread(pid_t pid, pid_t tid);
+  Status seizeThread(pid_t pid, pid_t tid, bool wait = true);
+  Status waitSeized(pid_t pid, pid_t tid);
   std::vector<pid_t> seized_;
+  std::vector<std::pair<pid_t, pid_t>> pending_;  // seized and interrupted, stop not yet collected
   bool released_ = false;
 };
 
@@ -66,6 +78,11 @@ struct DumpCtx {
   std::map<int, std::pair<pid_t, int>> fileRep;          // FileDesc id -> a (pid, fd) holding it
   std::map<int, std::pair<pid_t, int>> pipeReader;       // pipe id -> a (pid, fd) holding the read end
   std::map<int, std::pair<pid_t, int>> pipeAny;          // pipe id -> any (pid, fd) holding it
+  std::map<pid_t, pid_t> nsPids;  // host pid/tid -> pid in the tree's pid namespace (container dumps)
+  pid_t imagePid(pid_t host) const {
+    auto it = nsPids.find(host);
+    return it == nsPids.end() ? host : it->second;
+  }
   int shmemFor(uint64_t dev, uint64_t ino, uint64_t size, const std::string& name, const std::string& source);
   void refuse(const std::string& what) { unsupported.push_back("unsupported: " + what); }
   ProcessState& proc(pid_t pid);

@@ -264,7 +264,7 @@ Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
 }
 
 Status dumpMemoryPages(DumpCtx& c, pid_t pid, ProcessState& ps) {
-  CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", pid)));
+  CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", c.imagePid(pid))));
   uint64_t bytes = 0;
   for (auto& v : ps.vmas)
     if (!v.pages.empty()) CRB_CHECK(copyPages(pid, v.pages, w, &bytes));
@@ -360,6 +360,12 @@ Status openMappedFiles(RestoreCtx& c) {
 Status restoreMemory(RestoreCtx& c, const ProcessState& ps, RawImageReader& pages) {
   auto inj = c.inj(ps.pid);
   // 1. Drop everything crbench's image left in the process, except the bootstrap region.
+  //    Two munmaps around it cover every mapping (holes are fine), instead of one injected
+  //    syscall per mapping of the restorer's copy.
+  constexpr uint64_t kUserTop = 0x7ffffffff000ull;  // x86-64 TASK_SIZE with 4-level paging
+  CRB_CHECK(inj.check("unmap below the bootstrap page", SYS_munmap, kPage, c.boot - kPage));
+  CRB_CHECK(inj.check("unmap above the bootstrap page", SYS_munmap, c.boot + kBootSize,
+                      kUserTop - (c.boot + kBootSize)));
   CRB_ASSIGN(auto cur, readMaps(ps.pid, false));
   for (auto& m : cur) {
     if (m.path == "[vsyscall]") continue;

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "core/json.hpp"
 #include "core/result.hpp"
@@ -23,6 +24,12 @@ struct DumpOptions {
   // rootfs); "" for a plain tree. /dev nodes are opened from the host.
   std::string rootPrefix;
   std::function<void(const std::string&)> mark = [](const std::string&) {};
+  // Container: dumpTree is called with the tree's cgroup frozen; every thread is seized while
+  // frozen and thaw() (always called) lets them run straight into their ptrace stops.
+  std::function<Status()> thaw;
+  // Stop-and-copy under a parent outside the tree that crbench holds stopped (a container's
+  // init): called while waiting for the killed tree's pids to become free, to make it reap them.
+  std::function<void()> reapKilled;
 };
 
 struct DumpStats {
@@ -42,6 +49,16 @@ struct RestoreOptions {
   std::function<int()> childSetup;
   int cloneNamespaces = 0;  // CLONE_NEW* flags for the root's clone3
   int netnsFd = -1;         // sockets are created in this netns (setns around their creation)
+  // Restore into the namespaces of this running process (a container's init), keeping the image's
+  // pids, which are pids in that pid namespace: a helper forked into its pid namespace opens the
+  // image's files from crbench's side (rootPrefix), then joins its mount, net, ipc and uts
+  // namespaces and creates the tree with clone3(set_tid). When the helper exits, the restored
+  // root is reparented to that init, as the original was its child.
+  pid_t joinNamespacesOf = 0;
+  std::vector<std::string> joinCgroups;  // cgroup.procs files the helper enters first (inherited)
+  // Namespace fds the restorer setns()es into after opening the image's files and before creating
+  // the tree (set by the joinNamespacesOf helper; the tree then sees paths without rootPrefix).
+  std::vector<int> setnsBeforeTree;
 };
 
 struct RestoreResult {

@@ -1,51 +1,230 @@
-// The native engine behind the Engine interface. On the container runtime it dumps the whole
-// container tree (the agent is its PID 1) with the container's namespaces as the reference.
-// Restoring a container needs two things not written yet: recreating the tree in a fresh pid
-// namespace (clone3 with CLONE_NEWPID and set_tid 1 + prepareContainerChild) and the agent's
-// inet sockets (bound UDP, listening TCP). Until then the modes are reported unsupported with
-// that reason, and a checkpoint attempt reports exactly what the dump refuses.
+// The native engine behind the Engine interface, on the container runtime.
+//
+// What is checkpointed is the workload subtree, not the whole container: the scenario's program
+// (the agent's child) and its descendants. The agent (the container's PID 1) holds the prober's
+// UDP socket and a listening TCP socket, which the native engine cannot restore yet (sockets are
+// issue #8), so it stays alive — but stopped: the container's cgroup is frozen, every thread of
+// the agent and of the workload is seized while frozen, and the thaw lets them all run straight
+// into ptrace stops. The agent stays in that stop for the whole dump (and, in stop-and-copy,
+// until the restore is done), so the prober sees the workload's real downtime.
+//
+// Stop-and-copy kills the workload after the dump; the held agent is made to reap it by an
+// injected wait4, so it never sees its program exit and its pid is free for the restore. The
+// restore forks a helper into the container's pid namespace, which recreates the tree with
+// clone3(set_tid) — same pids — in the container's mount/net/ipc/uts namespaces and cgroups; when
+// the helper exits the restored root is reparented to the agent, whose program table still names
+// that pid, so `status` reports it running and the agent reaps it as before. Leave-running
+// restores the same way after killing the tree that ran on.
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <memory>
+#include <thread>
+
 #include "engine/engine.hpp"
+#include "engine/native/internal.hpp"
 #include "engine/native/native.hpp"
+#include "engine/native/procfs.hpp"
 #include "runtime/container.hpp"
 
 namespace crb {
 namespace {
 
+using Clock = std::chrono::steady_clock;
+double msSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+// The pid a host pid has in its own (innermost) pid namespace.
+pid_t innermostPid(pid_t host) {
+  auto st = native::readStatus(host);
+  if (!st.ok() || !st->count("NSpid")) return -1;
+  const std::string& v = st->at("NSpid");
+  auto pos = v.find_last_of(" \t");
+  return pid_t(std::stol(pos == std::string::npos ? v : v.substr(pos + 1)));
+}
+
 class NativeEngine : public Engine {
  public:
+  ~NativeEngine() override { releaseAgent(); }
   std::string name() const override { return "native"; }
   Capabilities capabilities() override {
     Capabilities c;
     c.runtimes = {RuntimeKind::Container};
-    const char* why =
-        "native engine: container restore (fresh pid namespace, the agent's inet sockets) is not "
-        "implemented yet; plain process trees work with `crbench cr dump/restore`";
-    c.unsupportedModes[modes::kStopAndCopy] = why;
-    c.unsupportedModes[modes::kLeaveRunning] = why;
+    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning};
     c.unsupportedModes[modes::kPreCopy] = "native engine: iterative pre-copy is issue #9";
     c.unsupportedModes[modes::kIncremental] = "native engine: incremental images are issue #9";
     c.unsupportedModes[modes::kLazy] = "native engine: lazy restore is issue #9";
-    c.versions["native-image-format"] = 1;
+    c.versions["native-image-format"] = native::kImageFormatVersion;
+    c.versions["native-checkpoints"] = "workload subtree (the agent's child); the agent is held stopped, not dumped";
     return c;
   }
+
   Result<PhaseReport> checkpoint(Sandbox& sandbox, const CheckpointContext& ctx) override {
     auto* c = dynamic_cast<ContainerSandbox*>(&sandbox);
     if (!c) return makeError("the native engine works on containers only");
+    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning)
+      return makeError("native engine: mode " + ctx.mode + " is not supported", "modes: stop-and-copy, leave-running", 3);
+    releaseAgent();
+    bool leave = ctx.mode == modes::kLeaveRunning;
+    pid_t agent = c->initPid();
+    PhaseReport rep;
+    auto t0 = Clock::now();
+    CRB_CHECK(c->freeze());
+    ctx.mark("frozen");
+    rep.phasesMs["cgroup_freeze"] = msSince(t0);
+    // From here every path thaws: dumpTree thaws once all is seized; the guard covers the rest.
+    auto thawIfFrozen = [&] {
+      if (c->freezerState() != "THAWED") (void)c->thaw();
+    };
+    auto children = native::listChildren(agent);
+    if (children.size() != 1) {
+      thawIfFrozen();
+      return makeError(children.empty() ? "native engine: the agent has no workload process to checkpoint"
+                                        : fmt::format("native engine: unsupported: {} workload trees under the agent "
+                                                      "(one is supported)", children.size()),
+                       "the workload's programs are checkpointed as one tree: start one program that starts the rest");
+    }
+    pid_t root = children[0];
+    pid_t rootNs = innermostPid(root);
+    agentHold_ = std::make_unique<native::Seizure>();
+    agent_ = agent;
+    if (auto st = agentHold_->holdProcess(agent); !st.ok()) {
+      thawIfFrozen();
+      releaseAgent();
+      return st.error().context("native engine: hold the agent");
+    }
     native::DumpOptions o;
-    // Always leave the container running: there is no restore for it yet.
-    o.leaveRunning = true;
-    o.nsReference = c->initPid();
+    o.leaveRunning = leave;
+    o.nsReference = agent;
     o.rootPrefix = c->rootDir().string();
-    o.mark = ctx.mark;
-    auto r = native::dumpTree(c->initPid(), ctx.imageDir, o);
-    if (!r.ok()) return r.error();
-    return makeError("native engine: dumped the container (left running) but cannot restore containers yet",
-                     "use `crbench cr` on plain process trees");
+    o.reapKilled = [this] { reapAgentZombies(); };
+    // The agent is still held when dumpTree releases or kills the tree: marks come from here.
+    o.mark = [](const std::string&) {};
+    // The agent's stop is collected before the kill so the reap hook can inject into it.
+    bool agentReady = false;
+    auto prepared = [&]() -> Status {
+      if (agentReady) return success();
+      agentReady = true;
+      CRB_CHECK(agentHold_->waitPending());
+      return agentHold_->prepareInjection(agent);
+    };
+    o.thaw = [c, &prepared]() -> Status {
+      CRB_CHECK(c->thaw());
+      return prepared();
+    };
+    auto r = native::dumpTree(root, ctx.imageDir, o);
+    thawIfFrozen();
+    if (!r.ok()) {
+      releaseAgent();
+      ctx.mark("resumed");
+      return r.error().context(fmt::format("native engine: dump of the workload tree {} (the agent and the workload "
+                                           "were left running)", root));
+    }
+    if (auto st = prepared(); !st.ok()) {
+      releaseAgent();
+      return st.error().context("native engine: the agent after the dump");
+    }
+    rep.phasesMs.insert(r->phasesMs.begin(), r->phasesMs.end());
+    rep.engineFigures = r->toJson();
+    rep.engineFigures["checkpointed"] = "workload subtree";
+    rep.engineFigures["workload_root_pid"] = rootNs;
+    rep.engineFigures["workload_root_host_pid"] = root;
+    rep.notes.push_back(
+        "checkpointed the workload subtree (the agent's child and its descendants); the agent, which holds the "
+        "prober's sockets, was held stopped with the workload and not dumped");
+    if (leave) {
+      releaseAgent();
+      ctx.mark("resumed");
+    }
+    // Stop-and-copy: the agent stays stopped until the restore has recreated the workload.
+    rep.phasesMs["checkpoint_total"] = msSince(t0);
+    return rep;
   }
-  Result<PhaseReport> restore(Sandbox&, const CheckpointContext&) override {
-    return makeError("native engine: container restore is not implemented yet",
-                     "use `crbench cr restore` for plain process trees");
+
+  Result<PhaseReport> restore(Sandbox& sandbox, const CheckpointContext& ctx) override {
+    auto* c = dynamic_cast<ContainerSandbox*>(&sandbox);
+    if (!c) return makeError("the native engine works on containers only");
+    PhaseReport rep;
+    auto t0 = Clock::now();
+    pid_t agent = c->initPid();
+    if (!agentHold_) {
+      // Leave-running: the tree that ran on is replaced. Stop everything, kill the workload, make
+      // the held agent reap it.
+      CRB_CHECK(c->freeze());
+      ctx.mark("frozen");
+      agentHold_ = std::make_unique<native::Seizure>();
+      agent_ = agent;
+      Status held = agentHold_->holdProcess(agent);
+      auto pids = c->pids();
+      if (held.ok() && pids.ok())
+        for (pid_t p : *pids)
+          if (p != agent) ::kill(p, SIGKILL);
+      Status thawed = c->thaw();
+      Status stopped = agentHold_->waitPending();
+      Status prep = held.ok() && stopped.ok() ? agentHold_->prepareInjection(agent) : success();
+      for (const Status* s : {&held, &thawed, &stopped, &prep})
+        if (!s->ok()) {
+          releaseAgent();
+          return s->error().context("native engine: stop the workload that ran on");
+        }
+      auto deadline = Clock::now() + std::chrono::seconds(5);
+      for (;;) {
+        reapAgentZombies();
+        auto now = c->pids();
+        if (now.ok() && now->size() <= 1) break;
+        if (Clock::now() > deadline) {
+          releaseAgent();
+          return makeError("native engine: the workload that ran on did not go away within 5 s");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      rep.phasesMs["replace_running"] = msSince(t0);
+    }
+    native::RestoreOptions o;
+    o.joinNamespacesOf = agent;
+    // Files are opened through the agent's root, i.e. in the container's own mounts: a file opened
+    // through the host's view of the overlay would show its host path in the workload's /proc.
+    o.rootPrefix = fmt::format("/proc/{}/root", agent);
+    o.joinCgroups = {(c->freezerCgroupDir() / "cgroup.procs").string(), (c->pidsCgroupDir() / "cgroup.procs").string()};
+    auto r = native::restoreTree(ctx.imageDir, o);
+    // The agent runs again either way: with the restored workload as its child, or without it.
+    releaseAgent();
+    ctx.mark("resumed");
+    if (!r.ok()) return r.error().context("native engine: restore into container " + c->id());
+    rep.phasesMs.insert(r->phasesMs.begin(), r->phasesMs.end());
+    rep.phasesMs["restore_total"] = msSince(t0);
+    rep.engineFigures = {{"processes", r->processes},
+                         {"threads", r->threads},
+                         {"pages_restored", r->pagesRestored},
+                         {"restored_root_pid", r->rootPid},
+                         {"restored_into", "the container's own pid/mnt/net/ipc/uts namespaces and cgroups"}};
+    return rep;
   }
+
+ private:
+  // Inject wait4(pid, WNOHANG) into the held agent for each of its dead children, so their pids
+  // are free and the agent never learns they died.
+  void reapAgentZombies() {
+    if (!agentHold_ || !agentHold_->procs.count(agent_)) return;
+    for (pid_t ch : native::listChildren(agent_)) {
+      auto stat = native::readStat(ch);
+      if (!stat.ok() || (*stat)[3] != "Z") continue;
+      pid_t ns = innermostPid(ch);
+      if (ns <= 0) continue;
+      auto inj = agentHold_->injector(agent_, agent_);
+      (void)inj.call(SYS_wait4, uint64_t(ns), 0, WNOHANG | __WALL, 0);
+      agentHold_->noteStray(inj);
+    }
+  }
+  void releaseAgent() {
+    if (!agentHold_) return;
+    agentHold_->release();
+    agentHold_.reset();
+    agent_ = 0;
+  }
+  std::unique_ptr<native::Seizure> agentHold_;
+  pid_t agent_ = 0;
 };
 
 }  // namespace

@@ -40,7 +40,7 @@ const ProcessState* RestoreCtx::find(pid_t pid) const {
 }
 
 // ---------------------------------------------------------------- seizing
-Status Seizure::seizeThread(pid_t pid, pid_t tid) {
+Status Seizure::seizeThread(pid_t pid, pid_t tid, bool wait) {
   if (::ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(long(PTRACE_O_TRACESYSGOOD))) != 0) {
     if (errno == ESRCH) return success();  // exited meanwhile
     return sysError(fmt::format("seize thread {} of pid {} (is it traced by another debugger?)", tid, pid), errno);
@@ -48,6 +48,14 @@ Status Seizure::seizeThread(pid_t pid, pid_t tid) {
   seized_.push_back(tid);
   if (::ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) != 0)
     return sysError(fmt::format("interrupt thread {}", tid), errno);
+  if (!wait) {
+    pending_.push_back({pid, tid});
+    return success();
+  }
+  return waitSeized(pid, tid);
+}
+
+Status Seizure::waitSeized(pid_t pid, pid_t tid) {
   for (;;) {
     int st = 0;
     if (::waitpid(tid, &st, __WALL) < 0) {
@@ -55,7 +63,7 @@ Status Seizure::seizeThread(pid_t pid, pid_t tid) {
       return sysError(fmt::format("wait for thread {} to stop", tid), errno);
     }
     if (WIFEXITED(st) || WIFSIGNALED(st)) {
-      seized_.pop_back();
+      std::erase(seized_, tid);
       return success();
     }
     int event = st >> 16;
@@ -70,7 +78,45 @@ Status Seizure::seizeThread(pid_t pid, pid_t tid) {
   return success();
 }
 
-Status Seizure::seizeTree(pid_t root) {
+Status Seizure::waitPending() {
+  Status first = success();
+  auto pending = std::move(pending_);
+  pending_.clear();
+  for (auto [pid, tid] : pending) {
+    auto st = waitSeized(pid, tid);
+    if (!st.ok() && first.ok()) first = st;
+  }
+  return first;
+}
+
+Status Seizure::holdProcess(pid_t pid) {
+  if (::kill(pid, 0) != 0) return sysError(fmt::format("process {}", pid), errno);
+  for (pid_t t : listTasks(pid)) CRB_CHECK(seizeThread(pid, t, false));
+  return success();
+}
+
+Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
+  if (thaw) {
+    // Frozen: nothing forks or exits under us, so one walk finds every thread.
+    Status walked = success();
+    std::vector<pid_t> queue{root};
+    while (!queue.empty() && walked.ok()) {
+      pid_t p = queue.front();
+      queue.erase(queue.begin());
+      auto stat = readStat(p);
+      if (!stat.ok() || (*stat)[3] == "Z") continue;  // zombies are handled by the loop below
+      for (pid_t t : listTasks(p)) {
+        walked = seizeThread(p, t, false);
+        if (!walked.ok()) break;
+      }
+      for (pid_t ch : listChildren(p)) queue.push_back(ch);
+    }
+    Status thawed = thaw();
+    Status stopped = waitPending();
+    CRB_CHECK(walked);
+    CRB_CHECK(thawed);
+    CRB_CHECK(stopped);
+  }
   if (::kill(root, 0) != 0) return sysError(fmt::format("process {}", root), errno);
   for (bool changed = true; changed;) {
     changed = false;
@@ -151,7 +197,7 @@ Status Seizure::finishInjection(pid_t pid) {
   return success();
 }
 
-Status Seizure::killAll() {
+Status Seizure::killAll(const std::function<void()>& reap) {
   for (pid_t p : order) ::kill(p, SIGKILL);
   // As their tracer we must collect each dead thread before its parent can: non-leaders first,
   // a group leader is reported only after the rest of its group.
@@ -166,8 +212,9 @@ Status Seizure::killAll() {
   // The pids must be free again before a restore can take them: wait until every process but
   // the root (whose parent reaps it) is gone, reaped by its new parent.
   for (int i = 0; i < 300; i++) {
+    if (reap) reap();
     bool any = false;
-    for (size_t k = 1; k < order.size(); k++) any = any || ::kill(order[k], 0) == 0;
+    for (size_t k = reap ? 0 : 1; k < order.size(); k++) any = any || ::kill(order[k], 0) == 0;
     if (!any) break;
     ::usleep(10000);
   }
@@ -177,6 +224,8 @@ Status Seizure::killAll() {
 void Seizure::release() {
   if (released_) return;
   released_ = true;
+  // A thread seized but not yet stopped cannot be detached: collect its stop first.
+  (void)waitPending();
   for (auto& [pid, rp] : procs) {
     if (rp.scratch) (void)finishInjection(pid);
     for (pid_t t : rp.touched) (void)setGpRegs(t, rp.savedRegs.at(t));
@@ -223,7 +272,8 @@ Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps) {
   CRB_ASSIGN(ps.exe, readLink(fmt::format("/proc/{}/exe", pid)));
   CRB_ASSIGN(auto root, readLink(fmt::format("/proc/{}/root", pid)));
   std::string wantRoot = c.opts.rootPrefix.empty() ? "/" : c.opts.rootPrefix;
-  if (root != wantRoot) c.refuse(fmt::format("process {} has root directory {} (chroot)", pid, root));
+  // A container's process shows "/" from the host: /proc prints paths relative to its own root.
+  if (root != wantRoot && !(root == "/" && !c.opts.rootPrefix.empty())) c.refuse(fmt::format("process {} has root directory {} (chroot)", pid, root));
   if (!c.opts.rootPrefix.empty()) {
     if (ps.cwd.rfind(c.opts.rootPrefix, 0) == 0) ps.cwd = ps.cwd.substr(c.opts.rootPrefix.size());
     if (ps.exe.rfind(c.opts.rootPrefix, 0) == 0) ps.exe = ps.exe.substr(c.opts.rootPrefix.size());
@@ -261,7 +311,7 @@ Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps) {
 Status restoreProcessAttrs(RestoreCtx& c, const ProcessState& ps) {
   auto inj = c.inj(ps.pid);
   uint64_t s = c.scratch();
-  std::string cwd = pathInTree(c.opts.rootPrefix.empty() || c.opts.childSetup ? "" : c.opts.rootPrefix, ps.cwd);
+  std::string cwd = pathInTree(c.opts.rootPrefix.empty() || c.opts.childSetup || !c.opts.setnsBeforeTree.empty() ? "" : c.opts.rootPrefix, ps.cwd);
   CRB_CHECK(writeMem(ps.pid, s, cwd.c_str(), cwd.size() + 1));
   CRB_CHECK(inj.check("chdir " + cwd, SYS_chdir, s));
   CRB_CHECK(inj.check("umask", SYS_umask, ps.umask));

@@ -6,6 +6,7 @@
 // process survives a failed restore.
 #include <fcntl.h>
 #include <linux/sched.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
@@ -17,6 +18,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <map>
+
+#include "core/fsutil.hpp"
 
 #include "engine/native/internal.hpp"
 #include "engine/native/procfs.hpp"
@@ -211,6 +215,8 @@ Status Restorer::run() {
   CRB_CHECK(blobs.verifyComplete());
   CRB_CHECK(openMappedFiles(c_));
   CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
+  for (int fd : c_.opts.setnsBeforeTree)
+    if (::setns(fd, 0) != 0) return sysError("join the target's namespaces (setns)", errno);
   c_.result.phasesMs["prepare"] = msSince(t0);
 
   auto t1 = Clock::now();
@@ -277,8 +283,91 @@ Status Restorer::run() {
 }
 }  // namespace
 
+// Restore into a running process's namespaces (see RestoreOptions::joinNamespacesOf). Two forks
+// of crbench: the first joins the target's cgroups and its pid namespace for its children, the
+// second (the restorer, a pid in that namespace, single-threaded) runs the restore and sends the
+// result back over a pipe as JSON.
+static Result<RestoreResult> restoreInNamespaces(const std::filesystem::path& dir, const RestoreOptions& opts) {
+  pid_t target = opts.joinNamespacesOf;
+  Fd dirFd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!dirFd.valid()) return sysError("open image directory " + dir.string(), errno);
+  std::map<std::string, Fd> ns;
+  for (const char* n : {"pid", "mnt", "net", "ipc", "uts"}) {
+    ns[n].reset(::open(fmt::format("/proc/{}/ns/{}", target, n).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ns[n].valid()) return sysError(fmt::format("open /proc/{}/ns/{}", target, n), errno);
+  }
+  int pfd[2];
+  if (::pipe2(pfd, O_CLOEXEC) != 0) return sysError("pipe", errno);
+  Fd rd(pfd[0]), wr(pfd[1]);
+  pid_t outer = ::fork();
+  if (outer < 0) return sysError("fork the restore helper", errno);
+  if (outer == 0) {
+    rd.reset();
+    for (auto& f : opts.joinCgroups) {
+      Fd cg(::open(f.c_str(), O_WRONLY | O_CLOEXEC));
+      std::string me = std::to_string(::getpid());
+      if (!cg.valid() || ::write(cg.get(), me.data(), me.size()) != ssize_t(me.size())) {
+        std::string msg = Json{{"error", fmt::format("join cgroup {}: {}", f, std::strerror(errno))}}.dump();
+        (void)!::write(wr.get(), msg.data(), msg.size());
+        ::_exit(1);
+      }
+    }
+    if (::setns(ns["pid"].get(), CLONE_NEWPID) != 0) {
+      std::string msg = Json{{"error", fmt::format("join the pid namespace of {}: {}", target, std::strerror(errno))}}.dump();
+      (void)!::write(wr.get(), msg.data(), msg.size());
+      ::_exit(1);
+    }
+    pid_t inner = ::fork();
+    if (inner == 0) {
+      RestoreOptions o = opts;
+      o.joinNamespacesOf = 0;
+      o.joinCgroups.clear();
+      o.setnsBeforeTree = {ns["mnt"].get(), ns["net"].get(), ns["ipc"].get(), ns["uts"].get()};
+      // Through our fd: after the mount namespace changes, the host path is out of reach.
+      auto r = restoreTree(fmt::format("/proc/self/fd/{}", dirFd.get()), o);
+      Json j;
+      if (r.ok())
+        j = {{"root_pid", r->rootPid}, {"phases_ms", r->phasesMs}, {"processes", r->processes},
+             {"threads", r->threads}, {"pages_restored", r->pagesRestored}};
+      else
+        j = {{"error", r.error().message}, {"hint", r.error().hint}};
+      std::string msg = j.dump();
+      (void)!::write(wr.get(), msg.data(), msg.size());
+      ::_exit(r.ok() ? 0 : 1);
+    }
+    int st = 0;
+    if (inner > 0) ::waitpid(inner, &st, 0);
+    ::_exit(inner > 0 && WIFEXITED(st) ? WEXITSTATUS(st) : 1);
+  }
+  wr.reset();
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(rd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, size_t(n));
+  }
+  int st = 0;
+  while (::waitpid(outer, &st, 0) < 0 && errno == EINTR) {
+  }
+  auto j = Json::parse(out, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return makeError(fmt::format("the restore helper died without a result ({})",
+                                 WIFSIGNALED(st) ? fmt::format("signal {}", WTERMSIG(st)) : fmt::format("status {}", WEXITSTATUS(st))));
+  if (j.contains("error")) return makeError(j.value("error", ""), j.value("hint", ""));
+  RestoreResult r;
+  r.rootPid = j.value("root_pid", -1);
+  r.phasesMs = j.value("phases_ms", std::map<std::string, double>{});
+  r.processes = j.value("processes", 0ull);
+  r.threads = j.value("threads", 0ull);
+  r.pagesRestored = j.value("pages_restored", 0ull);
+  return r;
+}
+
 Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const RestoreOptions& opts) {
   if (::geteuid() != 0) return makeError("the native engine needs root (ptrace, clone3 set_tid)", "run as root");
+  if (opts.joinNamespacesOf > 0) return restoreInNamespaces(dir, opts);
   RestoreCtx c;
   c.dir = dir;
   c.opts = opts;

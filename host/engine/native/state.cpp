@@ -22,7 +22,8 @@ CRB_JSON(FdEntry, fd, file, cloexec)
 CRB_JSON(ProcessState, pid, ppid, pgid, sid, zombie, exitCode, uids, gids, groups, umask,
          personality, comm, cwd, exe, rlimits, mm, auxv, sigactions, sharedPending, itimers, threads,
          fds, vmas)
-CRB_JSON(FileDesc, id, kind, path, flags, pos, dev, ino, size, mode, object, stdioFd, count, blobLen)
+CRB_JSON(FileDesc, id, kind, path, flags, pos, dev, ino, size, mode, object, stdioFd, count, blobLen,
+         outsideRoot)
 CRB_JSON(PipeObject, id, ino, capacity, blobLen, readerInTree, writerInTree)
 CRB_JSON(ShmemObject, id, dev, ino, size, name, seals, extents)
 CRB_JSON(MappedFile, id, path, dev, ino, writable)

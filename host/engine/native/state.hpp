@@ -91,6 +91,9 @@ struct FileDesc {
   int stdioFd = -1;  // stdio: which of the restorer's fds
   uint64_t count = 0;  // eventfd counter
   uint64_t blobLen = 0;  // deleted: content length in blobs.img
+  // reg/dir of a container's process that lives outside its root (e.g. the log file the runtime
+  // opened on the host and gave it as stdout): `path` is a host path, opened as such on restore.
+  bool outsideRoot = false;
 };
 
 struct PipeObject {

@@ -1,0 +1,42 @@
+"""The native engine through `crbench run counter --runtime container --engine native`, in
+stop-and-copy and leave-running: the workload subtree (the agent's child) is checkpointed and
+restored into the same container's namespaces with the same pid; the scenario's checks pass, the
+prober's downtime is recorded, and nothing is left behind."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import require_root, run_crbench
+
+FREEZER = Path("/sys/fs/cgroup/freezer")
+
+
+@pytest.fixture(autouse=True)
+def needs_container_support():
+    require_root()
+    if not (FREEZER / "cgroup.procs").exists():
+        pytest.skip("the cgroup v1 freezer is not mounted at /sys/fs/cgroup/freezer")
+
+
+@pytest.mark.parametrize("mode", ["stop-and-copy", "leave-running"])
+def test_counter_in_container(mode, results_dir):
+    p = run_crbench("run", "counter", "--runtime", "container", "--engine", "native", "--mode", mode,
+                    "--results", results_dir, "--json", timeout=300)
+    try:
+        rec = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON record (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
+    assert p.returncode == 0 and rec["status"] == "ok", rec.get("error")
+    checks = {c["name"]: c for c in rec["fidelity"]["checks"]}
+    for name in ("scenario:count-increases", "scenario:memory-matches", "scenario:pid-same"):
+        assert checks[name]["result"] == "pass", checks[name]
+    assert isinstance(rec["downtime_ms"], (int, float)) and rec["downtime_ms"] > 0, rec["downtime_ms"]
+    ck = rec["engine_report"]["checkpoint"]["engine_figures"]
+    assert ck["checkpointed"] == "workload subtree" and ck["processes"] >= 1, ck
+    rs = rec["engine_report"]["restore"]["engine_figures"]
+    assert rs["restored_root_pid"] == ck["workload_root_pid"], (ck, rs)
+    sb = rec["sandbox"]
+    assert not Path(sb["runtime_dir"]).exists()
+    for c in sb["cgroups"]:
+        assert not Path(c).exists(), f"cgroup {c} left behind"
