@@ -134,6 +134,8 @@ Json mapsSummary(const std::string& base) {
 
 }  // namespace
 
+static void recheckFds(Json& procs);
+
 Json processDigest(int onlyTreeOf) {
   std::map<int, Stat> stats;
   for (int pid : numericEntries("/proc")) {
@@ -182,8 +184,17 @@ Json processDigest(int onlyTreeOf) {
     procs.push_back(std::move(p));
   }
   // A descriptor a workload holds for a moment (a temp file written then renamed, a client
-  // connection) is not part of its lasting state. Look again once every process was read and keep
-  // only descriptors that are still there with the same target; the ones dropped are counted.
+  // connection) is not part of its lasting state. Look twice more, 17 and 46 ms later (not a
+  // multiple of the 10 ms period of a typical 100 Hz writer), and keep only descriptors that are
+  // there every time with the same target; the ones dropped are counted.
+  for (int ms : {17, 29}) {
+    ::usleep(ms * 1000);
+    recheckFds(procs);
+  }
+  return procs;
+}
+
+static void recheckFds(Json& procs) {
   for (auto& p : procs) {
     std::string base = "/proc/" + std::to_string(p["pid"].get<int>());
     Json stable = Json::array();
@@ -199,9 +210,8 @@ Json processDigest(int onlyTreeOf) {
         transient++;
     }
     p["fds"] = std::move(stable);
-    if (transient) p["fds_transient"] = transient;
+    if (transient) p["fds_transient"] = p.value("fds_transient", 0) + transient;
   }
-  return procs;
 }
 
 }  // namespace agent
