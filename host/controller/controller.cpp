@@ -306,6 +306,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     ctx.options = Json(spec.engineOptions);
     Prober* pr = prober.get();
     ctx.mark = [pr](const std::string& e) { pr->mark(e); };
+    rest.beforeCheckpoint();
     progress(fmt::format("checkpoint with {} ({})", spec.engine, *mode));
     auto u0 = usageNow();
     auto tc = Clock::now();

@@ -150,25 +150,41 @@ Result<ClockOffset> measureClockOffset(Sandbox& sandbox, int samples) {
   return *best;
 }
 
-FidelityCheck judgeClock(const ClockOffset& before, const ClockOffset& after, double toleranceMs) {
+FidelityCheck judgeClock(const ClockOffset& before, const ClockOffset& after, double toleranceMs,
+                         const std::optional<ClockOffset>& early) {
   FidelityCheck c{"rest:clock", Verdict::Pass, {}};
-  double jump = after.offsetMs - before.offsetMs;
+  double raw = after.offsetMs - before.offsetMs;
   double unc = before.uncertaintyMs + after.uncertaintyMs;
+  double jump = raw;
   c.figures = {{"offset_before_ms", before.offsetMs},
                {"offset_after_ms", after.offsetMs},
-               {"jump_ms", jump},
+               {"jump_ms", raw},
                {"uncertainty_ms", unc},
                {"tolerance_ms", toleranceMs},
                {"workload_elapsed_ms", after.guestWallMs - before.guestWallMs},
                {"host_elapsed_ms", after.hostWallMs - before.hostWallMs},
                {"measured", "guest CLOCK_REALTIME (agent ping wall_ns) minus the host's at the middle of the "
                             "shortest of 5 round trips, before the checkpoint and after the restore"}};
+  std::string driftText;
+  // A drift rate needs a base long against the samples' uncertainty to mean anything.
+  double base = early ? before.hostWallMs - early->hostWallMs : 0;
+  if (early && base > 0 && base >= 20 * (early->uncertaintyMs + before.uncertaintyMs)) {
+    double rate = (before.offsetMs - early->offsetMs) / base;  // ms of offset per ms of host time
+    double expected = before.offsetMs + rate * (after.hostWallMs - before.hostWallMs);
+    jump = after.offsetMs - expected;
+    unc += (early->uncertaintyMs + before.uncertaintyMs) / base * (after.hostWallMs - before.hostWallMs);
+    c.figures["drift_ppm"] = rate * 1e6;
+    c.figures["drift_base_ms"] = base;
+    c.figures["jump_excluding_drift_ms"] = jump;
+    c.figures["uncertainty_ms"] = unc;
+    driftText = fmt::format(" ({:.1f} ms raw; the clock drifted {:.0f} ppm before the checkpoint)", raw, rate * 1e6);
+  }
   bool ok = std::fabs(jump) <= toleranceMs + unc;
   c.verdict = ok ? Verdict::Pass : Verdict::Fail;
-  c.detail = fmt::format("wall clock {} by {:.1f} ms (±{:.1f}) relative to the host across the checkpoint "
+  c.detail = fmt::format("wall clock {} by {:.1f} ms (±{:.1f}) relative to the host across the checkpoint{} "
                          "(offset {:.1f} -> {:.1f} ms); tolerance {:.0f} ms",
-                         jump >= 0 ? "ahead" : "behind", std::fabs(jump), unc, before.offsetMs, after.offsetMs,
-                         toleranceMs);
+                         jump >= 0 ? "ahead" : "behind", std::fabs(jump), unc, driftText, before.offsetMs,
+                         after.offsetMs, toleranceMs);
   return c;
 }
 
@@ -453,6 +469,14 @@ void RestOfSystem::begin() {
   if (!spec_.dbusName.empty()) dbusBefore_ = dbusOwner(sandbox_, spec_);
 }
 
+void RestOfSystem::beforeCheckpoint() {
+  if (!spec_.clock || !clockBefore_) return;
+  if (auto c = measureClockOffset(sandbox_); c.ok()) {
+    clockEarly_ = clockBefore_;
+    clockBefore_ = *c;
+  }
+}
+
 void RestOfSystem::checkpointStarting() {
   if (peer_) peer_->markCheckpointStart();
 }
@@ -481,7 +505,7 @@ std::vector<FidelityCheck> RestOfSystem::finish() {
     } else if (auto after = measureClockOffset(sandbox_); !after.ok()) {
       out.push_back({"rest:clock", Verdict::Fail, "no clock sample after the restore: " + after.error().message});
     } else {
-      out.push_back(judgeClock(*clockBefore_, *after, spec_.clockToleranceMs));
+      out.push_back(judgeClock(*clockBefore_, *after, spec_.clockToleranceMs, clockEarly_));
     }
   }
   if (!spec_.dbusName.empty()) {

@@ -43,7 +43,11 @@ struct ClockOffset {
 Result<ClockOffset> measureClockOffset(Sandbox& sandbox, int samples = 5);
 
 // Judge two clock samples: pass when the offset moved by at most tolerance + the uncertainty.
-FidelityCheck judgeClock(const ClockOffset& before, const ClockOffset& after, double toleranceMs);
+// `early` (optional) is a sample taken earlier than `before`: the offset's drift between the two
+// (an emulated guest's clock can run slow or fast on its own) is extrapolated to `after` and
+// taken out of the jump the verdict uses; the raw jump is reported too.
+FidelityCheck judgeClock(const ClockOffset& before, const ClockOffset& after, double toleranceMs,
+                         const std::optional<ClockOffset>& early = std::nullopt);
 
 // Wire protocols of the host-side TCP peer. Exposed for unit tests.
 namespace peerproto {
@@ -106,6 +110,8 @@ class RestOfSystem {
   // Before the "before" digest: connect the peer (so the workload's state includes it), take the
   // clock and bus-name samples. Failures are kept and reported by finish(), never thrown.
   void begin();
+  // Just before the controller starts timing the checkpoint: the last clock sample before it.
+  void beforeCheckpoint();
   void checkpointStarting();
   void restoreFinished();
   // After the restore settled: the "after" samples and the verdicts.
@@ -116,7 +122,7 @@ class RestOfSystem {
   RestOfSystemSpec spec_;
   std::unique_ptr<TcpPeer> peer_;
   std::string peerStartError_;
-  std::optional<ClockOffset> clockBefore_;
+  std::optional<ClockOffset> clockEarly_, clockBefore_;
   std::string clockBeforeError_;
   Json dbusBefore_;
 };

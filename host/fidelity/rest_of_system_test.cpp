@@ -132,6 +132,14 @@ TEST(RestOfSystem, ClockJudgement) {
   auto f = judgeClock(b, late, 100);
   EXPECT_EQ(f.verdict, Verdict::Fail);
   EXPECT_NE(f.detail.find("behind by 2501.0 ms"), std::string::npos) << f.detail;
+  // A guest clock running 10% slow on its own: 1000 ms before the checkpoint it lost 100 ms, over
+  // the next 2000 ms it loses 200 more; that is drift, not a jump caused by the restore.
+  ClockOffset early{0.0, 0.5, 0.0, 0.0}, before{-100.0, 0.5, 900.0, 1000.0}, after{-300.0, 0.5, 2700.0, 3000.0};
+  auto d = judgeClock(before, after, 100, early);
+  EXPECT_EQ(d.verdict, Verdict::Pass) << d.detail;
+  EXPECT_NEAR(d.figures["jump_excluding_drift_ms"].get<double>(), 0.0, 1e-6);
+  EXPECT_NEAR(d.figures["drift_ppm"].get<double>(), -100000.0, 1e-3);
+  EXPECT_DOUBLE_EQ(d.figures["jump_ms"].get<double>(), -200.0);
 }
 
 TEST(RestOfSystem, ScenarioDeclaresChecks) {
