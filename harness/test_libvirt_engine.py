@@ -1,7 +1,8 @@
 """The libvirt engine end to end: `crbench run counter --runtime vm --engine libvirt`.
 
-One TCG boot per checkpoint mode (a boot takes seconds), plus the daemon-unavailable case, which
-boots nothing. After every run no crbench domain, QEMU or crbench-started libvirt daemon may remain.
+One TCG boot per checkpoint mode (stop-and-copy, leave-running, snapshot create/revert) and one for
+the truncated (zstd-compressed) image, plus the daemon-unavailable case, which boots nothing.
+After every run no crbench domain, QEMU or crbench-started libvirt daemon may remain.
 """
 import json
 import os
@@ -52,7 +53,7 @@ def run_libvirt(mode, results_dir, extra=()):
     return p, rec
 
 
-@pytest.mark.parametrize("mode", ["stop-and-copy", "leave-running"])
+@pytest.mark.parametrize("mode", ["stop-and-copy", "leave-running", "snapshot"])
 def test_counter_checkpoint_restore(mode, results_dir):
     require_libvirt()
     p, rec = run_libvirt(mode, results_dir)
@@ -70,6 +71,10 @@ def test_counter_checkpoint_restore(mode, results_dir):
     # libvirt's own job statistics are recorded beside the prober's downtime
     assert "job_completed" in figures, detail
     assert "downtime_ms" in figures, detail
+    if mode == "snapshot":
+        # libvirt's own revert brought the guest back, not a restore of the memory file.
+        rs = rec["engine_report"]["restore"]["engine_figures"]
+        assert rs["reverted_to"] == figures["flags"]["snapshot_name"], detail
     assert not crbench_leftovers(), crbench_leftovers()
     # The workload itself continued: the scenario's checks (count grew, memory checksum, same
     # pid) and the workload digest.

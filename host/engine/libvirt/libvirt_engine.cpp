@@ -5,9 +5,11 @@
 //                   virDomainRestoreFlags.
 //   leave-running   external memory snapshot (<memory snapshot='external'>, no disks, no snapshot
 //                   metadata), live by default: QEMU copies RAM while the guest runs and pauses it
-//                   only for the last pass. libvirt cannot revert to an external snapshot, so the
-//                   restore destroys the running domain and restores the memory file, which has
-//                   the same format as a save file.
+//                   only for the last pass. The restore destroys the running domain and restores
+//                   the memory file, which has the same format as a save file.
+//   snapshot        the same external memory snapshot, kept as libvirt snapshot metadata;
+//                   restore = virDomainRevertToSnapshot (libvirt 11.3 reverts a disk-less
+//                   external memory snapshot; where a libvirt refuses, its reason is the error).
 // Options (--engine-opt): bypass-cache=true (VIR_DOMAIN_SAVE_BYPASS_CACHE on save and restore;
 // the snapshot API has no such flag, so leave-running refuses it), live=false (leave-running
 // pauses the guest for the whole copy), image_format=zstd|gzip|xz|lzop|bzip2 (stop-and-copy: the
@@ -35,6 +37,8 @@ namespace crb::libvirt {
 namespace {
 
 constexpr const char* kMetaFile = "libvirt-image.json";
+// libvirt's own snapshot life cycle: create (external memory, with metadata), revert.
+constexpr const char* kSnapshotMode = "snapshot";
 constexpr int kImageVersion = 1;
 
 Json typedParamsToJson(virTypedParameterPtr params, int n) {
@@ -201,7 +205,7 @@ class LibvirtEngine : public Engine {
       if (d.contains(k)) c.versions[std::string(k) == "libvirt" ? "libvirtd" : "qemu"] = d[k];
     c.versions["uri"] = d["uri"];
     c.versions["daemon"] = d["daemon"];
-    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning};
+    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, kSnapshotMode};
     const std::string migrate =
         "libvirt migrates only between two hosts: it refuses a destination that is the host the "
         "domain runs on (\"Attempt to migrate guest to the same host\"), and crbench has one host; "
@@ -223,6 +227,7 @@ class LibvirtEngine : public Engine {
     CRB_ASSIGN(LibvirtSandbox * sb, asLibvirtSandbox(sandbox));
     if (ctx.mode == modes::kStopAndCopy) return save(*sb, ctx);
     if (ctx.mode == modes::kLeaveRunning) return snapshot(*sb, ctx);
+    if (ctx.mode == kSnapshotMode) return snapshot(*sb, ctx);
     if (ctx.mode == modes::kPreCopy || ctx.mode == modes::kPostCopy) return migrate(*sb, ctx);
     return makeError(fmt::format("the libvirt engine has no mode '{}'", ctx.mode),
                      "use stop-and-copy or leave-running");
@@ -259,6 +264,7 @@ class LibvirtEngine : public Engine {
                                    file.string(), size, want));
 
     virDomainPtr dom = sb->domain();
+    if (meta.value("mode", "") == kSnapshotMode) return revert(*sb, ctx, meta, file, r);
     if (virDomainIsActive(dom) == 1) {
       // leave-running: the snapshot's source still runs and owns the forwarded ports.
       auto t0 = Clock::now();
@@ -295,6 +301,37 @@ class LibvirtEngine : public Engine {
 
  private:
   std::shared_ptr<Connection> conn_;
+
+  // The snapshot mode's restore: libvirt's own revert to the snapshot it created. When libvirt
+  // refuses, its reason is the error; the running domain is left as it was (revert failed before
+  // touching it) or destroyed if libvirt left it half-reverted.
+  Result<PhaseReport> revert(LibvirtSandbox& sb, const CheckpointContext& ctx, const Json& meta,
+                             const fs::path& file, PhaseReport& r) {
+    virDomainPtr dom = sb.domain();
+    std::string name = meta.value("flags", Json::object()).value("snapshot_name", "");
+    virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(dom, name.c_str(), 0);
+    if (!snap) return lastError(fmt::format("libvirt snapshot '{}' of {}", name, sb.domainName()),
+                                "the snapshot metadata is gone; take a new checkpoint");
+    auto t0 = Clock::now();
+    int rc = virDomainRevertToSnapshot(snap, VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING);
+    r.phasesMs["revert"] = msSince(t0);
+    if (rc != 0) {
+      Error e = lastError(fmt::format("virDomainRevertToSnapshot to '{}'", name),
+                          "libvirt cannot revert this snapshot; leave-running restores the same "
+                          "memory file with virDomainRestore instead");
+      virDomainSnapshotFree(snap);
+      int state = 0, reason = 0;
+      if (virDomainGetState(dom, &state, &reason, 0) == 0 && state == VIR_DOMAIN_PAUSED) virDomainDestroy(dom);
+      virResetLastError();
+      return e;
+    }
+    virDomainSnapshotFree(snap);
+    ctx.mark("resumed");
+    r.engineFigures["reverted_to"] = name;
+    r.engineFigures["source_mode"] = meta.value("mode", "");
+    addImageFigures(r, file);
+    return r;
+  }
 
   Result<PhaseReport> save(LibvirtSandbox& sb, const CheckpointContext& ctx) {
     PhaseReport r;
@@ -346,14 +383,19 @@ class LibvirtEngine : public Engine {
                        "format is the daemon's snapshot_image_format (qemu.conf), not a per-call flag",
                        "drop --engine-opt image_format for leave-running");
     bool live = optionTrue(ctx.options, "live", true);
+    bool withMetadata = ctx.mode == kSnapshotMode;
     fs::path file = ctx.imageDir / "memory.save";
-    fs::path tmp = ctx.imageDir / "memory.save.partial";
+    // The snapshot mode's metadata records the memory file's path for the revert, so the file is
+    // written under its final name there; the image is complete only once libvirt-image.json is.
+    fs::path tmp = withMetadata ? file : ctx.imageDir / "memory.save.partial";
+    std::string snapName = "crbench-" + sb.id();
     std::string xml = fmt::format(
-        "<domainsnapshot><name>crbench-{}</name>"
+        "<domainsnapshot><name>{}</name>"
         "<memory snapshot='external' file='{}'/><disks/></domainsnapshot>",
-        sb.id(), tmp.string());
-    // No metadata: nothing to delete later, and libvirt could not revert to it anyway.
-    unsigned flags = VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA;
+        snapName, tmp.string());
+    // leave-running keeps no metadata: nothing to delete later, and its restore is a
+    // virDomainRestore of the memory file. The snapshot mode keeps it to revert to.
+    unsigned flags = withMetadata ? 0 : VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA;
     if (live) flags |= VIR_DOMAIN_SNAPSHOT_CREATE_LIVE;
     virDomainPtr dom = sb.domain();
 
@@ -372,7 +414,9 @@ class LibvirtEngine : public Engine {
     std::string state = ensureRunningAfterFailure(dom);
     if (state != "the guest is still running")
       r.notes.push_back("after the snapshot: " + state);
-    return finishImage(sb, ctx, r, tmp, file, sampler, {{"live", live}});
+    Json flagsJson = {{"live", live}, {"metadata", withMetadata}};
+    if (withMetadata) flagsJson["snapshot_name"] = snapName;
+    return finishImage(sb, ctx, r, tmp, file, sampler, flagsJson);
   }
 
   Result<PhaseReport> migrate(LibvirtSandbox& sb, const CheckpointContext& ctx) {
@@ -418,7 +462,7 @@ class LibvirtEngine : public Engine {
       if (!f.valid() || ::fsync(f.get()) != 0) return sysError("fsync " + tmp.string(), errno);
     }
     std::error_code ec;
-    fs::rename(tmp, file, ec);
+    if (tmp != file) fs::rename(tmp, file, ec);
     if (ec) return makeError(fmt::format("rename {} -> {}: {}", tmp.string(), file.string(), ec.message()));
     uint64_t bytes = fs::file_size(file, ec);
     Json meta = {{"format", "crbench-libvirt-image"},
