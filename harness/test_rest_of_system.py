@@ -3,8 +3,9 @@ on the host kept across the checkpoint, the wall-clock jump seen by the workload
 Each run asserts what was measured, and the checks' failure modes are covered by the unit tests
 (host/fidelity/rest_of_system_test.cpp) and by the criu tcp-established=off refusal (test_criu.py).
 
-The VM runs (a TCG boot each) only run with CRBENCH_REST_VM=1: they measure whether the host's
-connection survives a VM snapshot restore, which takes minutes here."""
+The VM runs (one TCG boot each, ~20 s here; CRBENCH_REST_VM=0 leaves them out) measure whether the
+host's connection survives a VM pause and a VM snapshot restored into a new QEMU, and the guest's
+clock jump; whichever way it comes out, the record must carry the measurement and its reason."""
 import json
 import os
 
@@ -73,12 +74,14 @@ def test_desktop_session_criu_keeps_bus_name(results_dir):
     assert check(rec, "scenario:x-clients-connected")["result"] == "pass"
 
 
-@pytest.mark.skipif(os.environ.get("CRBENCH_REST_VM") != "1", reason="VM rest-of-system runs need CRBENCH_REST_VM=1 (TCG boots)")
+@pytest.mark.skipif(os.environ.get("CRBENCH_REST_VM") == "0", reason="CRBENCH_REST_VM=0 leaves the VM runs out")
 @pytest.mark.parametrize("engine,mode", [("pause", None), ("qemu", "stop-and-copy")])
 def test_vm_tcp_peer_measured(engine, mode, results_dir):
     """Whatever the outcome, the record carries the measurement: survived or the error the host saw."""
     require_root()
     p, rec = run("tcp-kv", "vm", engine, results_dir, mode=mode, timeout=1200)
+    if rec["status"] != "ok" and rec["error"]["phase"] in ("sandbox-start", "agent"):
+        pytest.skip(f"no VM here (test_vm covers the runtime): {rec['error']['message'][:300]}")
     assert rec["status"] == "ok", rec.get("error")
     peer = check(rec, "rest:tcp-peer")
     f = peer.get("figures", {})
