@@ -19,7 +19,8 @@
 #   <scenario>/report.html, <scenario>/report.md   crbench report of that scenario's runs
 #   <scenario>/raw/*.json.xz                        every run record (warm-ups and failures too), xz
 #   <scenario>/raw/*.compare.json                   the compare summaries
-#   publish.json                                    what ran: command, commit, times, load, exit codes
+#   publish.json                                    what ran (every invocation): command, commit,
+#                                                   times, load before/after each compare, exit codes
 # The reading of the results (README.md there) is written by a person: this script only measures.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -106,13 +107,35 @@ runs_json+="]"
 # Run records are kept xz-compressed (the probe traces make them ~250 KB each; xz shrinks them
 # about sixfold); the compare summaries stay plain. `xz -dk raw/*.xz` gives back the JSON files.
 # The report is rendered from a decompressed copy, so records kept from an earlier --force run count.
+finished="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+# publish.json lists every invocation that wrote into this directory (--force adds one), so the
+# Reproduce section of each page can name all of them.
+this="$(printf '{"command":"%s","crbench_commit":"%s","host":"%s","started":"%s","finished":"%s","compares":%s}' \
+  "${reproduce//\"/\\\"}" "$commit" "$host" "$started" "$finished" "$runs_json")"
+tmp="$(mktemp "$out/.publish.json.XXXXXX")"
+python3 - "$out/publish.json" "$this" >"$tmp" <<'PY'
+import json, sys
+path, this = sys.argv[1], json.loads(sys.argv[2])
+try:
+    doc = json.load(open(path))
+except FileNotFoundError:
+    doc = {"invocations": []}
+if "invocations" not in doc:  # written by an earlier publish.sh as one object
+    doc = {"invocations": [doc]}
+doc["invocations"].append(this)
+print(json.dumps(doc, indent=1))
+PY
+chmod 0644 "$tmp"
+mv "$tmp" "$out/publish.json"
+wrapper="$(python3 -c 'import json,sys; print("\n".join(i["command"] for i in json.load(open(sys.argv[1]))["invocations"]))' "$out/publish.json")"
+
 for sc in "${order[@]}"; do
   render="$(mktemp -d /tmp/crb-publish-render.XXXXXX)"
   cp "$out/$sc/raw/"*.json "$render/" 2>/dev/null || true
   for f in "$out/$sc/raw/"*.json.xz; do [[ -e "$f" ]] && xz -dc "$f" >"$render/$(basename "${f%.xz}")"; done
   set +e
   "$crbench" report "$render" -o "$out/$sc" --title "crbench: $sc on $host (published comparison)" \
-    --wrapper-command "$reproduce" >/dev/null
+    --wrapper-command "$wrapper" >/dev/null
   rc=$?
   set -e
   rm -rf "$render"
@@ -122,12 +145,6 @@ for sc in "${order[@]}"; do
   done
 done
 
-finished="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-tmp="$(mktemp "$out/.publish.json.XXXXXX")"
-printf '{"command":"%s","crbench_commit":"%s","host":"%s","started":"%s","finished":"%s","compares":%s}\n' \
-  "${reproduce//\"/\\\"}" "$commit" "$host" "$started" "$finished" "$runs_json" >"$tmp"
-chmod 0644 "$tmp"
-mv "$tmp" "$out/publish.json"
 
 echo
 echo "published into $out:"
