@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 
 #include "cli/command.hpp"
@@ -78,6 +79,10 @@ std::function<int()> setupCompare(CLI::App& app, GlobalOptions& global) {
     // --quick changes the repeats only when they were not given.
     if (req.quick && !repeatsOpt->count()) req.repeats = 1;
     if (auto st = requireRoot("crbench compare"); !st.ok()) return reportError(st.error());
+    // A peer that goes away (libvirtd restarted under us, a QMP or agent socket closed by a dying
+    // guest) must fail the run that used it, not kill the whole compare with SIGPIPE and leave its
+    // sandbox behind; libvirt asks its clients to ignore SIGPIPE for the same reason.
+    std::signal(SIGPIPE, SIG_IGN);
     req.warmup = !(a->noWarmup || req.quick);
     req.resultsDir = a->results.empty() ? defaultResultsDir() : fs::path(a->results);
     if (!a->report.empty()) req.reportDir = a->report;
