@@ -178,6 +178,20 @@ Json processDigest(int onlyTreeOf) {
     p["fds"] = fds;
     if (pid == ::getpid()) p["agent"] = true;
     p["maps"] = mapsSummary(base);
+    // Resident and proportional set sizes: what the workload holds, shared pages split fairly.
+    std::string rollup;
+    if (readText(base + "/smaps_rollup", rollup)) {
+      std::istringstream rs(rollup);
+      std::string key;
+      long long kib = 0;
+      std::string line;
+      while (std::getline(rs, line)) {
+        std::istringstream ls(line);
+        if (!(ls >> key >> kib)) continue;
+        if (key == "Rss:") p["rss_kib"] = kib;
+        else if (key == "Pss:") p["pss_kib"] = kib;
+      }
+    }
     p["cwd"] = readLink(base + "/cwd");
     std::string limits;
     p["limits_hash"] = readText(base + "/limits", limits) ? hex64(fnv1a(limits)) : "";

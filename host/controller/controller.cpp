@@ -15,6 +15,7 @@
 #include "fidelity/fidelity.hpp"
 #include "fidelity/rest_of_system.hpp"
 #include "prober/prober.hpp"
+#include "controller/workload_stats.hpp"
 #include "results/results.hpp"
 #include "runtime/sandbox.hpp"
 #include "scenario/scenario.hpp"
@@ -281,6 +282,8 @@ RunOutcome runOnce(const RunSpec& spec) {
     if (!prober->waitForReplies(10, 0, 5000))
       return finish("failed", makeError("the agent does not answer UDP probes on port 7700"), "prober");
     if (!waitMs(spec.warmupMs)) return interrupted("warm-up");
+    if (spec.dirtyWindowMs > 0) progress(fmt::format("measuring the workload's dirty rate ({} ms)", spec.dirtyWindowMs));
+    rec["workload"]["dirty_rate"] = measureDirtyRate(*sandbox, spec.dirtyWindowMs);
 
     // Rest-of-system checks (host/fidelity/rest_of_system.hpp) start before the "before" digest so
     // the outside peer's connection is part of the state both digests see.
@@ -295,6 +298,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     StateSample before = sampleState(*sandbox, *sc);
     rec["digests"] = {{"before", before.digest.is_null() ? Json(before.digestError) : before.digest}};
     rec["scenario_checks"] = {{"before", checksJson(*sc, before)}};
+    rec["workload"]["memory"] = workloadMemory(before.digest);
 
     // 4. Checkpoint (every agent connection is closed: agentCall closes its own).
     imageDir = (spec.imageRoot.empty() ? fs::path("/var/tmp/crbench/images") : spec.imageRoot) / out.runId;

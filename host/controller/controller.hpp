@@ -26,6 +26,7 @@ struct RunSpec {
   double probeRateHz = 1000;
   int warmupMs = 300;        // probing before the checkpoint
   int settleMs = 300;        // probing after the restore, before the "after" digest
+  int dirtyWindowMs = 1000;  // the workload's dirty rate is measured over this window (0 = not)
   int firstReplyTimeoutMs = 20000;
   // Where checkpoint images go: <imageRoot>/<run-id> (0700). "" = /var/tmp/crbench/images.
   std::filesystem::path imageRoot;
