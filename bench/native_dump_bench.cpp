@@ -9,6 +9,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -22,6 +26,88 @@ constexpr size_t kSize = size_t(1) << 30;
 pid_t child = -1;
 uintptr_t childAddr = 0;
 double bestCopy = 0, bestDumpTmpfs = 0, bestDumpDisk = 0;
+std::vector<double> restoreMs;
+long dumperRssSmallKiB = 0, dumperRssLargeKiB = 0;
+
+// A small real process: sleep(1), stdio on /dev/null, in its own session.
+pid_t startSmall() {
+  pid_t p = fork();
+  if (p == 0) {
+    setsid();
+    int n = open("/dev/null", O_RDWR);
+    dup2(n, 0), dup2(n, 1), dup2(n, 2);
+    close_range(3, ~0u, 0);
+    execl("/bin/sleep", "sleep", "100000", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  usleep(20000);  // let it reach its sleep
+  return p;
+}
+
+// Restore time of a small process: dump (stop-and-copy) once per iteration, time the restore only.
+void BM_RestoreSmallProcess(benchmark::State& state) {
+  for (auto _ : state) {
+    state.PauseTiming();
+    pid_t p = startSmall();
+    auto dir = std::filesystem::path("/dev/shm") / ("crbench-native-restore-" + std::to_string(getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    crb::native::DumpOptions o;
+    o.sync = false;
+    auto d = crb::native::dumpTree(p, dir, o);
+    if (!d.ok()) kill(p, SIGKILL);
+    waitpid(p, nullptr, 0);  // killed by the dump: free its pid
+    if (!d.ok()) {
+      state.SkipWithError(d.error().text().c_str());
+      return;
+    }
+    state.ResumeTiming();
+    auto t0 = std::chrono::steady_clock::now();
+    crb::native::RestoreOptions ro;
+    ro.detach = true;
+    auto r = crb::native::restoreTree(dir, ro);
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    state.PauseTiming();
+    if (r.ok()) {
+      kill(r->rootPid, SIGKILL);
+      waitpid(r->rootPid, nullptr, 0);
+    }
+    std::filesystem::remove_all(dir);
+    state.ResumeTiming();
+    if (!r.ok()) {
+      state.SkipWithError(r.error().text().c_str());
+      return;
+    }
+    restoreMs.push_back(ms);
+  }
+}
+
+// Peak RSS of `crbench cr dump --leave-running` (a separate process, so only the dumper's own
+// memory counts) dumping `pid`.
+long dumperPeakRssKiB(pid_t pid) {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return -1;
+  exe[n] = 0;
+  auto crbench = std::filesystem::path(exe).parent_path().parent_path() / "crbench";
+  auto dir = std::filesystem::path("/dev/shm") / ("crbench-native-rss-" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  pid_t c = fork();
+  if (c == 0) {
+    int nul = open("/dev/null", O_RDWR);
+    dup2(nul, 1), dup2(nul, 2);
+    std::string p = std::to_string(pid);
+    execl(crbench.c_str(), "crbench", "cr", "dump", "--leave-running", "--no-sync", "--tree", p.c_str(), "--images",
+          dir.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int st = 0;
+  rusage ru{};
+  wait4(c, &st, 0, &ru);
+  std::filesystem::remove_all(dir);
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? ru.ru_maxrss : -1;
+}
 
 bool startChild() {
   int p[2];
@@ -103,13 +189,33 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("process_vm_readv_copy_1GiB", copyWrapper)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::RegisterBenchmark("native_dump_1GiB_tmpfs", BM_NativeDumpTmpfs)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::RegisterBenchmark("native_dump_1GiB_disk_fdatasync", BM_NativeDumpDiskSync)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("native_restore_small_process", BM_RestoreSmallProcess)->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
+  pid_t small = startSmall();
+  dumperRssSmallKiB = dumperPeakRssKiB(small);
+  kill(small, SIGKILL);
+  waitpid(small, nullptr, 0);
+  dumperRssLargeKiB = dumperPeakRssKiB(child);
   kill(child, SIGKILL);
   waitpid(child, nullptr, 0);
-  std::printf("\nprocess_vm_readv plain copy: %.2f GB/s\nnative dump to tmpfs:        %.2f GB/s  (ratio %.2f, target >= 0.8)\n"
+  if (bestCopy > 0)
+    std::printf("\nprocess_vm_readv plain copy: %.2f GB/s\nnative dump to tmpfs:        %.2f GB/s  (ratio %.2f, target >= 0.8)\n"
               "native dump to disk+fdatasync: %.2f GB/s\n",
               bestCopy, bestDumpTmpfs, bestCopy > 0 ? bestDumpTmpfs / bestCopy : 0.0, bestDumpDisk);
+  if (!restoreMs.empty()) {
+    std::sort(restoreMs.begin(), restoreMs.end());
+    double med = restoreMs[restoreMs.size() / 2];
+    std::printf("native restore of a small process (sleep, %zu runs): median %.2f ms, best %.2f ms  "
+                "(target <= 20 ms: median/target %.2f)\n",
+                restoreMs.size(), med, restoreMs.front(), med / 20.0);
+  }
+  if (dumperRssSmallKiB > 0 && dumperRssLargeKiB > 0)
+    std::printf("dumper peak RSS (crbench cr dump): %ld KiB for sleep, %ld KiB for the 1 GiB working set  "
+                "(large/small %.2f; target: independent of the workload's size, 1.0)\n",
+                dumperRssSmallKiB, dumperRssLargeKiB, double(dumperRssLargeKiB) / double(dumperRssSmallKiB));
+  else
+    std::printf("dumper peak RSS: could not run `crbench cr dump` next to this benchmark\n");
   return 0;
 }

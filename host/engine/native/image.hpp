@@ -19,6 +19,8 @@
 namespace crb::native {
 
 constexpr uint32_t kImageFormatVersion = 1;
+// CRC-32 (zlib polynomial) of a payload, continuing from `seed`.
+uint32_t payloadCrc(const void* data, size_t len, uint32_t seed);
 constexpr size_t kImageHeaderSize = 32;
 enum class PayloadType : uint32_t { Json = 1, Raw = 2 };
 

@@ -57,6 +57,19 @@ TEST(NativeImage, CorruptedPayloadIsRefused) {
   EXPECT_NE(st.error().message.find("corrupted"), std::string::npos);
 }
 
+// Images must not depend on which CRC implementation built crbench (ISA-L or zlib).
+TEST(NativeImage, PayloadCrcIsZlibCrc32InAnySplit) {
+  std::string data(1 << 20, '\0');
+  uint32_t x = 12345;
+  for (auto& ch : data) ch = char((x = x * 1103515245 + 12345) >> 16);
+  uint32_t whole = crc32(data);
+  EXPECT_EQ(payloadCrc(data.data(), data.size(), 0), whole);
+  uint32_t split = payloadCrc(data.data(), 777, 0);
+  split = payloadCrc(data.data() + 777, data.size() - 777, split);
+  EXPECT_EQ(split, whole);
+  EXPECT_EQ(payloadCrc("", 0, 0), crc32(std::string_view()));
+}
+
 TEST(NativeImage, MissingInventoryIsAnIncompleteImage) {
   TmpDir d;
   auto j = readJsonImage(d.p, "inventory.img");

@@ -1,0 +1,142 @@
+"""The same self-checking test programs through both process-level engines: crbench's native engine
+(`crbench cr dump/restore`) and CRIU (the one set-up unpacked into .deps/criu), each as a plain
+process tree in stop-and-copy. Every program checks its own state after the restore and prints
+PASS or FAIL. The native engine must pass every program, and must never silently lose one CRIU
+restores. With CRBENCH_WRITE_DOCS=1 the measured table is written to docs/native-vs-criu.md."""
+import datetime
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, crbench_bin
+
+PROGS = {
+    "tp_memory": "heap, stack, a large patterned anonymous region, a PROT_READ page, a guard page",
+    "tp_threads": "threads with live AVX-512/AVX2 registers",
+    "tp_forktree": "a fork tree sharing anonymous MAP_SHARED memory and a pipe with data in flight",
+    "tp_files": "a file at an offset, O_APPEND, a deleted open file, a directory, /dev/null",
+    "tp_signals": "a SA_SIGINFO handler with a mask, a queued real-time signal with a value",
+    "tp_mapshared": "a MAP_SHARED file mapping and a memfd mapped shared",
+    "tp_session": "a session leader with two process groups",
+    "tp_itimer": "interval timers (ITIMER_REAL firing, a long ITIMER_VIRTUAL)",
+}
+CRIU = ROOT / ".deps" / "criu" / "bin" / "criu"
+
+
+def prog(name):
+    p = Path(os.environ.get("CRBENCH_BUILD", "")) / "host" / "engine" / "native" / name
+    if not p.exists():
+        pytest.skip(f"{p} not built (engines option without native?)")
+    return str(p)
+
+
+def wait_text(path, texts, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        t = path.read_text() if path.exists() else ""
+        for x in texts:
+            if x in t:
+                return x
+        time.sleep(0.02)
+    return None
+
+
+def run_one(engine, name, tmp):
+    """Start the program, dump it (stop-and-copy), restore it; returns (verdict, detail)."""
+    tmp.mkdir()
+    go, log, img = tmp / "go", tmp / "out.log", tmp / "img"
+    img.mkdir()
+    with open(log, "w") as f:
+        p = subprocess.Popen([prog(name), str(go)], stdout=f, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    try:
+        if not wait_text(log, ["READY"], 20):
+            return "error", "the program never got ready"
+        if engine == "native":
+            d = subprocess.run([crbench_bin(), "cr", "dump", "--tree", str(p.pid), "--images", str(img)],
+                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        else:
+            d = subprocess.run([str(CRIU), "dump", "-t", str(p.pid), "-D", str(img), "-o", "dump.log", "-v4"],
+                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if d.returncode != 0:
+            why = d.stderr.strip().splitlines()[-1:] if engine == "native" else \
+                [l for l in (img / "dump.log").read_text().splitlines() if "Error" in l][-1:]
+            return "refused", (why[0] if why else f"exit {d.returncode}")[:200]
+        p.wait(timeout=10)
+        go.touch()
+        if engine == "native":
+            r = subprocess.run([crbench_bin(), "cr", "restore", "--detach", "--images", str(img)],
+                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        else:
+            r = subprocess.run([str(CRIU), "restore", "-d", "-D", str(img), "-o", "restore.log", "-v4"],
+                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            if engine == "native":
+                return "restore failed", r.stderr.strip()[-200:]
+            errs = [l.split(": ", 1)[-1] for l in (img / "restore.log").read_text().splitlines() if "Error" in l]
+            return "restore failed", (errs[0] if errs else f"exit {r.returncode}")[:200]
+        got = wait_text(log, ["PASS", "FAIL"], 30)
+        if got == "PASS":
+            return "pass", ""
+        time.sleep(0.2)  # the summary line follows the failed checks
+        why = [l[len("FAIL: "):] for l in log.read_text().splitlines() if l.startswith("FAIL: ")]
+        return "fail", ("; ".join(why) if why else "no PASS/FAIL within 30 s" if not got else "FAIL")[:200]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture(scope="module")
+def criu_version():
+    if os.geteuid() != 0:
+        pytest.skip("both engines need root")
+    if not CRIU.exists():
+        pytest.skip(f"{CRIU} missing: run scripts/setup.sh (CRIU is unpacked into .deps/criu)")
+    v = subprocess.run([str(CRIU), "--version"], capture_output=True, text=True, timeout=30)
+    if v.returncode != 0:
+        pytest.skip(f"{CRIU} does not run: {v.stderr.strip()}")
+    return v.stdout.strip().splitlines()[0]
+
+
+def test_both_engines_on_every_program(criu_version, tmp_path):
+    rows = []
+    for name, what in PROGS.items():
+        n = run_one("native", name, tmp_path / f"{name}-native")
+        c = run_one("criu", name, tmp_path / f"{name}-criu")
+        rows.append((name, what, n, c))
+    if os.environ.get("CRBENCH_WRITE_DOCS") == "1":
+        write_table(rows, criu_version)
+    problems = [f"{name}: native {n[0]} ({n[1]})" for name, _, n, _ in rows if n[0] != "pass"]
+    # Where CRIU restores a program, the native engine must too (it may only refuse, by name).
+    assert not problems, "\n".join(problems)
+
+
+def cell(v):
+    verdict, detail = v
+    return verdict.upper() if not detail else f"{verdict.upper()}: {detail.replace('|', '/')}"
+
+
+def write_table(rows, criu_version):
+    lines = [
+        "# Native engine and CRIU on the self-checking test programs",
+        "",
+        "Generated by `harness/test_native_vs_criu.py` with `CRBENCH_WRITE_DOCS=1` (do not edit by hand).",
+        f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on kernel "
+        f"{platform.release()}; CRIU: {criu_version}. Each program runs as a plain process tree, is dumped",
+        "(stop-and-copy: the original is killed) and restored, then checks its own state and prints",
+        "PASS or FAIL. Sources: `host/engine/native/testprogs/`.",
+        "",
+        "| program | state it holds | native | CRIU |",
+        "|---|---|---|---|",
+    ]
+    for name, what, n, c in rows:
+        lines.append(f"| `{name}` | {what} | {cell(n)} | {cell(c)} |")
+    out = ROOT / "docs" / "native-vs-criu.md"
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out)
