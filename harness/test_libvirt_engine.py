@@ -4,6 +4,7 @@ One TCG boot per checkpoint mode (stop-and-copy, leave-running, snapshot create/
 the truncated (zstd-compressed) image, plus the daemon-unavailable case, which boots nothing.
 After every run no crbench domain, QEMU or crbench-started libvirt daemon may remain.
 """
+import fcntl
 import json
 import os
 import shutil
@@ -29,18 +30,37 @@ def require_libvirt():
         pytest.skip("qemu-system-x86_64 is not installed")
 
 
-def crbench_leftovers():
-    """QEMU processes of crbench libvirt domains and daemons crbench started, still alive."""
+def crbench_leftovers(rec=None):
+    """QEMU processes of this run's libvirt domain (of any crbench domain when the record names
+    none) and daemons crbench started, still alive."""
+    domain = ((rec or {}).get("sandbox") or {}).get("domain") or "crbench-"
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     left = []
+    daemon_in_use = private_daemon_in_use()
     for line in out.splitlines():
-        if "qemu-system" in line and "guest=crbench-" in line:
+        if "qemu-system" in line and f"guest={domain}" in line:
             left.append(line.strip())
+        if daemon_in_use:
+            continue  # another crbench holds the private daemon; it stops it when it leaves
         if str(PRIVATE_DAEMON_DIR) in line and ("libvirtd" in line or "virtlogd" in line):
             left.append(line.strip())
-    if (PRIVATE_DAEMON_DIR / "libvirt-sock").exists():
+    if not daemon_in_use and (PRIVATE_DAEMON_DIR / "libvirt-sock").exists():
         left.append(f"socket {PRIVATE_DAEMON_DIR / 'libvirt-sock'}")
     return left
+
+
+def private_daemon_in_use():
+    """True while some crbench holds <daemon dir>/users shared (it is connected to the daemon)."""
+    users = PRIVATE_DAEMON_DIR / "users"
+    if not users.exists():
+        return False
+    with open(users, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
 
 def run_libvirt(mode, results_dir, extra=()):
@@ -75,7 +95,7 @@ def test_counter_checkpoint_restore(mode, results_dir):
         # libvirt's own revert brought the guest back, not a restore of the memory file.
         rs = rec["engine_report"]["restore"]["engine_figures"]
         assert rs["reverted_to"] == figures["flags"]["snapshot_name"], detail
-    assert not crbench_leftovers(), crbench_leftovers()
+    assert not crbench_leftovers(rec), crbench_leftovers(rec)
     # The workload itself continued: the scenario's checks (count grew, memory checksum, same
     # pid) and the workload digest.
     wanted = [n for n in checks if n.startswith("scenario:")] + ["workload-digest"]
@@ -99,7 +119,7 @@ def test_truncated_image_is_refused(results_dir):
     assert ck["image"]["apparent_bytes"] > 1 << 20
     msg = rec["error"]["message"]
     assert "domain.save" in msg and "truncated" in msg and "refused" in msg, msg
-    assert not crbench_leftovers(), crbench_leftovers()
+    assert not crbench_leftovers(rec), crbench_leftovers(rec)
 
 
 def test_daemon_unavailable_is_reported(results_dir, tmp_path):

@@ -171,6 +171,17 @@ Result<std::unique_ptr<OwnDaemon>> startDaemon(const fs::path& dir) {
   return d;
 }
 
+// flock(LOCK_EX) with a deadline, so a wedged peer cannot hang crbench.
+bool lockWithin(int fd, std::chrono::seconds limit) {
+  auto deadline = Clock::now() + limit;
+  while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK && errno != EINTR) return false;
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
 std::mutex gMutex;
 std::weak_ptr<Connection> gShared;
 
@@ -181,6 +192,10 @@ void initLibvirt() {
   std::call_once(once, [] {
     virInitialize();
     virSetErrorFunc(nullptr, quietErrorHandler);
+    // libvirt's RPC client writes to its socket without MSG_NOSIGNAL and asks applications to
+    // ignore SIGPIPE: a daemon that goes away mid-call must be an error, not a dead crbench.
+    // Children get SIGPIPE back (core/proc resets it before exec).
+    ::signal(SIGPIPE, SIG_IGN);
   });
 }
 
@@ -199,13 +214,33 @@ fs::path privateDaemonDir() { return runtimeDir() / "libvirtd"; }
 
 Connection::~Connection() {
   if (conn_) virConnectClose(conn_);
-  if (daemon_) stopDaemon(*daemon_);
+  if (usersFd_ < 0) return;
+  Fd users(usersFd_);
+  usersFd_ = -1;
+  Fd lockFd(::open((daemonDir_ / "lock").c_str(), O_RDWR | O_CLOEXEC));
+  if (!lockFd.valid() || !lockWithin(lockFd.get(), std::chrono::seconds(30))) {
+    spdlog::warn("libvirt: could not take {} to stop the private daemon; it exits after 120 s idle",
+                 (daemonDir_ / "lock").string());
+    return;
+  }
+  // Exclusive only when no other crbench holds it shared: then this was the last user.
+  if (::flock(users.get(), LOCK_EX | LOCK_NB) != 0) return;
+  OwnDaemon d;
+  if (daemon_) {
+    d = *daemon_;
+  } else {
+    d.dir = daemonDir_;
+    d.libvirtdPid = readPidFile(daemonDir_ / "libvirtd.pid").valueOr(-1);
+    d.virtlogdPid = readPidFile(daemonDir_ / "virtlogd.pid").valueOr(-1);
+  }
+  d.lockFd = -1;
+  stopDaemon(d);
 }
 
 Json Connection::describe() const {
   Json j = Json::object();
   j["uri"] = uri_;
-  j["daemon"] = daemon_ ? "started by crbench" : "already running";
+  j["daemon"] = daemon_ ? "started by crbench" : usersFd_ >= 0 ? "crbench's own, shared with another crbench" : "already running";
   if (daemon_) {
     j["daemon_dir"] = daemon_->dir.string();
     j["daemon_start_seconds"] = daemon_->startSeconds;
@@ -237,30 +272,36 @@ Result<std::shared_ptr<Connection>> connect() {
   ::chmod(dir.c_str(), 0700);  // an older directory may have been created with a wider mode
   std::string privUri = "qemu:///system?socket=" + (dir / "libvirt-sock").string();
 
-  // Another crbench may own a daemon in this directory (it holds the lock while it does); use it.
+  // Several crbench processes may share the private daemon: each holds a shared flock on
+  // <dir>/users while connected, and <dir>/lock serialises joining, starting and stopping. The
+  // last user to leave stops the daemon, whichever crbench started it.
   Fd lockFd(::open((dir / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lockFd.valid()) return sysError("open " + (dir / "lock").string(), errno);
-  auto deadline = Clock::now() + std::chrono::seconds(30);
-  for (;;) {
-    if (unixSocketAnswers((dir / "libvirt-sock").string()) && (c->conn_ = tryOpen(privUri, nullptr))) {
-      c->uri_ = privUri;
-      gShared = c;
-      return c;
-    }
-    if (::flock(lockFd.get(), LOCK_EX | LOCK_NB) == 0) break;
-    if (Clock::now() > deadline)
-      return makeError(fmt::format("{} is locked by another crbench whose libvirt daemon does not "
-                                   "answer",
-                                   (dir / "lock").string()),
-                       "stop the other crbench run or remove the stale daemon");
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (!lockWithin(lockFd.get(), std::chrono::seconds(60)))
+    return makeError(fmt::format("{} stayed locked for 60 s by another crbench starting or stopping "
+                                 "its libvirt daemon",
+                                 (dir / "lock").string()),
+                     "stop the other crbench run or remove the stale daemon");
+  Fd usersFd(::open((dir / "users").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!usersFd.valid()) return sysError("open " + (dir / "users").string(), errno);
+  if (unixSocketAnswers((dir / "libvirt-sock").string()) && (c->conn_ = tryOpen(privUri, nullptr))) {
+    // Cannot block: only a stopper holds `users` exclusively, and it holds `lock` meanwhile.
+    ::flock(usersFd.get(), LOCK_SH);
+    c->uri_ = privUri;
+    c->daemonDir_ = dir;
+    c->usersFd_ = usersFd.release();
+    gShared = c;
+    return c;
   }
 
   auto d = startDaemon(dir);
   if (!d)
     return d.error().context(fmt::format("libvirt unavailable ({})", whySystem));
   c->daemon_ = std::move(d).value();
-  c->daemon_->lockFd = lockFd.release();
+  ::flock(usersFd.get(), LOCK_SH);
+  c->daemonDir_ = dir;
+  c->usersFd_ = usersFd.release();
+  lockFd.reset();  // on a failure below, ~Connection takes the lock to stop the daemon
   std::string why;
   auto until = Clock::now() + std::chrono::seconds(15);
   while (!(c->conn_ = tryOpen(privUri, &why)) && Clock::now() < until)

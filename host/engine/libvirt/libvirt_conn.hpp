@@ -1,8 +1,8 @@
 #pragma once
 // The libvirt connection shared by the `libvirt` engine and the `vm-libvirt` runtime, and the
 // daemon behind it. When no daemon answers at qemu:///system, crbench starts its own virtlogd and
-// libvirtd (no systemd needed) with libvirtd's sockets in a private 0700 directory, and stops both
-// when the last user lets go of the connection. libvirt's errors become crbench Errors carrying
+// libvirtd (no systemd needed) with libvirtd's sockets in a private 0700 directory; the last user
+// (in this or any other crbench process sharing that daemon) stops both when it lets go. libvirt's errors become crbench Errors carrying
 // libvirt's own message; libvirt never prints on its own (virSetErrorFunc).
 //
 // Environment (for tests and unusual hosts):
@@ -53,7 +53,9 @@ class Connection {
   Connection() = default;
   virConnectPtr conn_ = nullptr;
   std::string uri_;
-  std::unique_ptr<OwnDaemon> daemon_;
+  std::unique_ptr<OwnDaemon> daemon_;     // set when this process started the private daemon
+  std::filesystem::path daemonDir_;       // private daemon in use (started here or joined)
+  int usersFd_ = -1;                      // shared flock on <daemonDir_>/users while connected
 };
 
 // The process-wide connection: reuses a live one, else connects to the system daemon, else starts
