@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <future>
 
 #include "engine/native/internal.hpp"
 #include "engine/native/procfs.hpp"
@@ -112,57 +113,72 @@ class PageScanner {
   bool useScan_ = true;
 };
 
-// Copies runs of a process's pages into `out` in order, streaming through a bounded buffer.
+// Copies runs of a process's pages into `out` in order, streaming through two bounded buffers:
+// while one is filled with process_vm_readv, the other is checksummed and written by a helper
+// thread, so the dump costs about the slower of the two copies instead of their sum (on tmpfs the
+// write is a second full memory copy plus page-cache allocation).
 Status copyPages(pid_t pid, const std::vector<PageRun>& runs, ImageWriter& out, uint64_t* bytes) {
   constexpr size_t kBuf = 8 << 20;
-  static thread_local std::vector<char> buf(kBuf);
+  static thread_local std::vector<char> bufs[2] = {std::vector<char>(kBuf), std::vector<char>(kBuf)};
+  int cur = 0;
+  std::future<Status> writing;
+  auto waitWrite = [&]() -> Status { return writing.valid() ? writing.get() : success(); };
   std::vector<iovec> remote;
   size_t filled = 0;
   auto flush = [&]() -> Status {
     if (!filled) return success();
-    iovec local{buf.data(), filled};
+    char* buf = bufs[cur].data();
+    iovec local{buf, filled};
     size_t done = 0;
     while (done < filled) {
       // One iovec per run; process_vm_readv stops at the first failing one, so resume there.
       ssize_t n = ::process_vm_readv(pid, &local, 1, remote.data(), remote.size(), 0);
       if (n <= 0) {
         // Unreadable (PROT_NONE) mappings: go through /proc/pid/mem, which can force the read.
-        CRB_CHECK(readMem(pid, uint64_t(reinterpret_cast<uintptr_t>(remote[0].iov_base)), buf.data() + done,
+        CRB_CHECK(readMem(pid, uint64_t(reinterpret_cast<uintptr_t>(remote[0].iov_base)), buf + done,
                           remote[0].iov_len));
         n = ssize_t(remote[0].iov_len);
       }
       done += size_t(n);
-      local = {buf.data() + done, filled - done};
-      size_t skip = size_t(n);
-      while (skip && !remote.empty()) {
-        if (skip >= remote[0].iov_len) {
-          skip -= remote[0].iov_len;
-          remote.erase(remote.begin());
+      local = {buf + done, filled - done};
+      size_t skip = size_t(n), drop = 0;
+      while (skip && drop < remote.size()) {
+        if (skip >= remote[drop].iov_len) {
+          skip -= remote[drop].iov_len;
+          drop++;
         } else {
-          remote[0].iov_base = static_cast<char*>(remote[0].iov_base) + skip;
-          remote[0].iov_len -= skip;
+          remote[drop].iov_base = static_cast<char*>(remote[drop].iov_base) + skip;
+          remote[drop].iov_len -= skip;
           skip = 0;
         }
       }
+      remote.erase(remote.begin(), remote.begin() + long(drop));
     }
-    CRB_CHECK(out.write(buf.data(), filled));
+    CRB_CHECK(waitWrite());
+    writing = std::async(std::launch::async, [&out, buf, n = filled] { return out.write(buf, n); });
+    cur ^= 1;
     *bytes += filled;
     filled = 0;
     remote.clear();
     return success();
   };
+  Status st = success();
   for (auto& r : runs) {
     uint64_t addr = r.addr, len = r.pages * kPage;
-    while (len) {
+    while (len && st.ok()) {
       size_t n = std::min<uint64_t>(len, kBuf - filled);
       remote.push_back({reinterpret_cast<void*>(addr), n});
       filled += n;
       addr += n;
       len -= n;
-      if (filled == kBuf || remote.size() == 1024) CRB_CHECK(flush());
+      if (filled == kBuf || remote.size() == 1024) st = flush();
     }
+    if (!st.ok()) break;
   }
-  return flush();
+  if (st.ok()) st = flush();
+  Status w = waitWrite();  // never return while the helper still writes from our buffers
+  CRB_CHECK(st);
+  return w;
 }
 
 int DumpCtx::shmemFor(uint64_t dev, uint64_t ino, uint64_t size, const std::string& name,
