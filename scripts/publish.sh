@@ -13,6 +13,8 @@
 #   --host LABEL   host part of the directory name (default: <short hostname>-<cores>cpu)
 #   --out DIR      output directory (default: docs/results/<UTC date of the start>-<host>)
 #   --force        write into an existing output directory (its raw records are kept and merged)
+#   --render-only  run nothing: re-render the reports of --out DIR from its raw records (after a
+#                  change to crbench report); publish.json is left as it is
 # Environment: CRBENCH_BUILD_DIR (default build), as for scripts/run.sh.
 #
 # Layout of the output:
@@ -28,7 +30,7 @@ cd "$root"
 build_dir="${CRBENCH_BUILD_DIR:-build}"
 crbench="$build_dir/crbench"
 
-repeats=5 repeats_given=0 quick=0 host="" out="" force=0
+repeats=5 repeats_given=0 quick=0 host="" out="" force=0 render_only=0
 plan=()
 orig_args=("$@")
 while [[ $# -gt 0 ]]; do
@@ -38,11 +40,17 @@ while [[ $# -gt 0 ]]; do
     --host) host="${2:?--host needs a label}"; shift 2 ;;
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
     --force) force=1; shift ;;
+    --render-only) render_only=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "publish: unknown option '$1' (see scripts/publish.sh --help)" >&2; exit 2 ;;
     *) plan+=("$1"); shift ;;
   esac
 done
+if [[ $render_only -eq 1 ]]; then
+  [[ -n "$out" && -f "$out/publish.json" ]] || { echo "publish: --render-only needs --out DIR of an earlier publication (with publish.json)" >&2; exit 2; }
+  plan=()
+  for d in "$out"/*/raw; do [[ -d "$d" ]] && plan+=("$(basename "$(dirname "$d")")"); done
+fi
 [[ ${#plan[@]} -gt 0 ]] || plan=(counter:container,vm desktop-session:container memory:container)
 [[ "$repeats" =~ ^[1-9][0-9]*$ ]] || { echo "publish: --repeats '$repeats' is not a positive number" >&2; exit 2; }
 [[ $EUID -eq 0 ]] || { echo "publish: run as root (crbench compare starts containers and VMs)" >&2; exit 2; }
@@ -59,7 +67,7 @@ if [[ -z "$host" ]]; then host="$(hostname -s)-$(nproc)cpu"; fi
 [[ "$host" =~ ^[A-Za-z0-9._-]+$ ]] || { echo "publish: host label '$host' may only use [A-Za-z0-9._-] (pass --host)" >&2; exit 2; }
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 [[ -n "$out" ]] || out="docs/results/$(date -u +%Y-%m-%d)-$host"
-if [[ -e "$out" && $force -eq 0 ]]; then
+if [[ -e "$out" && $force -eq 0 && $render_only -eq 0 ]]; then
   echo "publish: $out exists; pass --force to add to it, or --out another directory" >&2
   exit 2
 fi
@@ -79,6 +87,7 @@ declare -A scenarios_seen=()
 order=()
 runs_json="["
 for entry in "${plan[@]}"; do
+  if [[ $render_only -eq 1 ]]; then order+=("$entry"); continue; fi
   IFS=: read -r sc rts rep_in <<<"$entry"
   rts="${rts:-container,vm}"
   rep="${rep_in:-$repeats}"
@@ -108,6 +117,7 @@ runs_json+="]"
 # about sixfold); the compare summaries stay plain. `xz -dk raw/*.xz` gives back the JSON files.
 # The report is rendered from a decompressed copy, so records kept from an earlier --force run count.
 finished="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+if [[ $render_only -eq 0 ]]; then
 # publish.json lists every invocation that wrote into this directory (--force adds one), so the
 # Reproduce section of each page can name all of them.
 this="$(printf '{"command":"%s","crbench_commit":"%s","host":"%s","started":"%s","finished":"%s","compares":%s}' \
@@ -127,7 +137,8 @@ print(json.dumps(doc, indent=1))
 PY
 chmod 0644 "$tmp"
 mv "$tmp" "$out/publish.json"
-wrapper="$(python3 -c 'import json,sys; print("\n".join(i["command"] for i in json.load(open(sys.argv[1]))["invocations"]))' "$out/publish.json")"
+fi
+wrapper="$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("\n".join(i["command"] for i in d.get("invocations", [d])))' "$out/publish.json")"
 
 for sc in "${order[@]}"; do
   render="$(mktemp -d /tmp/crb-publish-render.XXXXXX)"
@@ -149,5 +160,10 @@ done
 echo
 echo "published into $out:"
 for sc in "${order[@]}"; do echo "  $out/$sc/report.html  $out/$sc/report.md  ($(ls "$out/$sc/raw" | wc -l) raw files)"; done
-echo "to reproduce (from the source root, as root, after scripts/setup.sh, at commit ${commit:-unknown}):"
-echo "  $reproduce"
+if [[ $render_only -eq 1 ]]; then
+  echo "to reproduce (from the source root, as root, after scripts/setup.sh, at the commits in publish.json):"
+  sed 's/^/  /' <<<"$wrapper"
+else
+  echo "to reproduce (from the source root, as root, after scripts/setup.sh, at commit ${commit:-unknown}):"
+  echo "  $reproduce"
+fi

@@ -447,6 +447,24 @@ std::string cellText(const Cell* c, const Group& g) {
   return fmt::format("{} {}/{}", c->fail ? "FAIL" : "pass", c->pass, n);
 }
 
+// Columns of the fidelity matrix: combinations that ran at all. Refused ones (unsupported here)
+// have no checks; they are listed with their reasons in their own section instead of as a column
+// of "unsupported" cells that buries the ones that ran.
+std::vector<const Group*> ranGroups(const Model& m) {
+  std::vector<const Group*> out;
+  for (auto& g : m.groups)
+    if (g.ok + g.failed > 0) out.push_back(&g);
+  return out;
+}
+
+// One line per refused combination (its runs all say the same), in plan order.
+std::vector<std::pair<std::string, std::string>> unsupportedRows(const Model& m) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto& g : m.groups)
+    if (g.ok + g.failed == 0 && g.unsupported > 0) out.push_back({g.key, g.reason});
+  return out;
+}
+
 const char* kCss = R"(body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}.pass{background:#e6f4ea}.fail{background:#fce8e6}
@@ -620,21 +638,33 @@ std::string renderHtml(const RunSet& in, const ReportOptions& opts, std::vector<
   std::vector<std::string> names;
   auto cells = fidelityMatrix(m, names);
   o += "<h2 id=\"fidelity\">Fidelity (check × engine)</h2>\n<table class=\"fidelity\"><tr><th>check</th>";
-  for (auto& g : m.groups) o += "<th>" + esc(g.key) + "</th>";
+  auto cols = ranGroups(m);
+  for (auto* g : cols) o += "<th>" + esc(g->key) + "</th>";
   o += "</tr>";
   for (auto& n : names) {
     o += "<tr><th>" + esc(n) + "</th>";
-    for (auto& g : m.groups) {
+    for (auto* gp : cols) {
+      const Group& g = *gp;
       const Cell* c = cells.count(n) && cells[n].count(g.key) ? &cells[n][g.key] : nullptr;
       std::string cls = !c || c->pass + c->fail == 0 ? "na" : c->fail ? "fail" : "pass";
       o += fmt::format("<td class=\"{}\" title=\"{}\">{}</td>", cls, esc(c ? c->detail : g.reason), esc(cellText(c, g)));
     }
     o += "</tr>";
   }
-  o += "</table>\n<h2 id=\"failed\">Failed and unsupported runs</h2>\n";
+  o += "</table>\n";
+  auto refused = unsupportedRows(m);
+  o += "<h2 id=\"unsupported\">Not supported here</h2>\n";
+  if (refused.empty()) {
+    o += "<p>None.</p>\n";
+  } else {
+    o += "<table class=\"unsupported\"><tr><th>runtime/engine/mode</th><th>reason</th></tr>";
+    for (auto& [k, why] : refused) o += "<tr><td>" + esc(k) + "</td><td>" + esc(why) + "</td></tr>";
+    o += "</table>\n";
+  }
+  o += "<h2 id=\"failed\">Failed runs</h2>\n";
   std::string failed;
   for (auto& r : m.set.runs)
-    if (r.status != "ok")
+    if (r.status == "failed")
       failed += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(r.runId), esc(r.key()),
                             esc(r.status), esc(r.errorPhase), esc(r.error));
   o += failed.empty() ? "<p>None.</p>\n"
@@ -684,22 +714,31 @@ std::string renderMarkdown(const RunSet& in, const ReportOptions& opts, std::vec
   std::vector<std::string> names;
   auto cells = fidelityMatrix(m, names);
   o += "## Fidelity (check × engine)\n\n| check |";
-  for (auto& g : m.groups) o += " " + mdCell(g.key) + " |";
+  auto cols = ranGroups(m);
+  for (auto* g : cols) o += " " + mdCell(g->key) + " |";
   o += "\n|---|";
-  for (size_t i = 0; i < m.groups.size(); ++i) o += "---|";
+  for (size_t i = 0; i < cols.size(); ++i) o += "---|";
   o += "\n";
   for (auto& n : names) {
     o += "| " + n + " |";
-    for (auto& g : m.groups) {
-      const Cell* c = cells.count(n) && cells[n].count(g.key) ? &cells[n][g.key] : nullptr;
-      o += " " + cellText(c, g) + " |";
+    for (auto* g : cols) {
+      const Cell* c = cells.count(n) && cells[n].count(g->key) ? &cells[n][g->key] : nullptr;
+      o += " " + cellText(c, *g) + " |";
     }
     o += "\n";
   }
-  o += "\n## Failed and unsupported runs\n\n";
+  auto refused = unsupportedRows(m);
+  o += "\n## Not supported here\n\n";
+  if (refused.empty()) {
+    o += "None.\n";
+  } else {
+    o += "| runtime/engine/mode | reason |\n|---|---|\n";
+    for (auto& [k, why] : refused) o += "| " + mdCell(k) + " | " + mdCell(why) + " |\n";
+  }
+  o += "\n## Failed runs\n\n";
   std::string failed;
   for (auto& r : m.set.runs)
-    if (r.status != "ok")
+    if (r.status == "failed")
       failed += fmt::format("| {} | {} | {} | {} | {} |\n", r.runId, r.key(), r.status, r.errorPhase, mdCell(r.error));
   o += failed.empty() ? "None.\n" : "| run | runtime/engine/mode | status | phase | reason |\n|---|---|---|---|---|\n" + failed;
   return o;

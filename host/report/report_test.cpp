@@ -105,6 +105,25 @@ TEST(Report, VaryingParameterSplitsGroupsAndDrawsScaling) {
   EXPECT_NE(html.find("against size_mib"), std::string::npos);
 }
 
+TEST(Report, RefusedCombinationsAreListedOnceNotAsFidelityColumns) {
+  RunSet set;
+  ASSERT_EQ(addRecord(set, record("counter", "criu", "ok", 10), "f"), "");
+  Json refused = record("counter", "native", "unsupported", 0);
+  refused["error"] = {{"message", "container restore is not implemented yet"}, {"phase", "capabilities"}};
+  refused["fidelity"] = {{"verdict", "none"}, {"checks", Json::array()}};
+  ASSERT_EQ(addRecord(set, refused, "f"), "");
+  ASSERT_EQ(addRecord(set, record("counter", "pause", "failed", 0), "f"), "");
+  std::vector<std::string> problems;
+  std::string md = renderMarkdown(set, {}, problems);
+  EXPECT_NE(md.find("## Not supported here\n\n| runtime/engine/mode | reason |\n|---|---|\n"
+                    "| container/native/stop-and-copy | container restore is not implemented yet |"),
+            std::string::npos) << md;
+  // The fidelity header names the combinations that ran (criu ok, pause failed), not native.
+  EXPECT_NE(md.find("| check | container/criu/stop-and-copy | container/pause/stop-and-copy |\n"), std::string::npos) << md;
+  EXPECT_NE(md.find("## Failed runs"), std::string::npos);
+  EXPECT_NE(md.find("engine said no"), std::string::npos);
+}
+
 TEST(Report, ShowsMachineLoadAndHowToReproduce) {
   RunSet set;
   int i = 0;
