@@ -1,22 +1,29 @@
 #!/bin/bash
 # Set up (install what is missing, build) and run the whole test suite.
-#   scripts/test.sh [--quick] [meson test args...]      (as root)
-# --quick leaves out the slow `scenario` suite; other arguments go to `meson test` unchanged
-# (e.g. --suite unit, or a test name).
+#   scripts/test.sh [--quick|--full] [meson test args...]      (as root)
+# Other arguments go to `meson test` unchanged (e.g. --suite unit, or a test name).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 build_dir="${CRBENCH_BUILD_DIR:-build}"
 
+# Default: every suite, the scenario matrix in its quick subset (the `quick` test setup).
+# --full: the whole scenario matrix (every scenario x runtime x engine; ~30 min more under TCG).
+# --quick: leave the scenario suite out.
 args=()
+setup=(--setup quick)
 for a in "$@"; do
-  if [[ $a == --quick ]]; then args+=(--no-suite scenario); else args+=("$a"); fi
+  case $a in
+    --quick) args+=(--no-suite scenario) ;;
+    --full) setup=() ;;
+    *) args+=("$a") ;;
+  esac
 done
 
 "$root/scripts/setup.sh"
 
 rc=0
-meson test -C "$build_dir" --print-errorlogs "${args[@]}" || rc=$?
+meson test -C "$build_dir" --print-errorlogs "${setup[@]}" "${args[@]}" || rc=$?
 
 # A run where nothing ran must not look green (e.g. a filter that matched nothing).
 log="$build_dir/meson-logs/testlog.json"

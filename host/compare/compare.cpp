@@ -161,7 +161,7 @@ CompareResult runCompare(const CompareRequest& req, const std::vector<Combinatio
       ids.push_back(views.back().runId);
     }
     row["run_ids"] = ids;
-    size_t ok = 0, failed = 0, passed = 0, total = 0;
+    size_t ok = 0, failed = 0, refused = 0, passed = 0, total = 0;
     std::string firstError;
     Json metrics = Json::object();
     for (auto& m : reportMetrics()) {
@@ -182,21 +182,24 @@ CompareResult runCompare(const CompareRequest& req, const std::vector<Combinatio
         passed += size_t(v.fidelityPassed());
         total += size_t(v.fidelityTotal());
       } else {
-        ++failed;
+        // A run the engine refused (status unsupported: an object it cannot save) is data like
+        // a planned refusal; it is not counted as a failure.
+        ++(v.status == "unsupported" ? refused : failed);
         if (firstError.empty()) firstError = v.error;
       }
     }
     row["metrics"] = metrics;
     row["n"] = ok;
     row["failed"] = failed;
+    if (refused) row["refused"] = refused;
     row["fidelity"] = {{"passed", passed}, {"total", total}};
     if (c.status != "run")
       row["status"] = c.status;
     else if (ok == 0)
-      row["status"] = "failed";
+      row["status"] = failed ? "failed" : "unsupported";
     else
-      row["status"] = failed ? "partial" : "ok";
-    if (c.status == "run" && failed) row["reason"] = firstError;
+      row["status"] = failed || refused ? "partial" : "ok";
+    if (c.status == "run" && (failed || refused)) row["reason"] = firstError;
     rows.push_back(row);
   }
   res.summary = {{"schema", "crbench-compare"},

@@ -331,7 +331,9 @@ RunOutcome runOnce(const RunSpec& spec) {
       auto after = tr.firstReplyAfter(ckEnd);
       rec["workload_after_failed_checkpoint"] =
           after ? "running: probes answered again" : "not answering probes after the failed checkpoint";
-      return finish("failed", ck.error(), "checkpoint");
+      // An engine that refuses the workload (an object it cannot save) says so with
+      // makeUnsupported(): that is `unsupported` data, not a failure of the engine.
+      return finish(ck.error().exitCode == kUnsupportedExitCode ? "unsupported" : "failed", ck.error(), "checkpoint");
     }
     rec["engine_report"]["checkpoint"] = phaseJson(*ck, u0, u1, ckMs);
     DiskUsage du = diskUsage(imageDir);

@@ -27,6 +27,14 @@ inline Error makeError(std::string message, std::string hint = {}, int exitCode 
   return Error{std::move(message), std::move(hint), exitCode};
 }
 
+// Exit code 3 marks "this engine/host cannot do this" as opposed to "it tried and failed": an
+// engine refusing a workload at checkpoint time (an object it cannot save) returns this, and the
+// run is recorded as `unsupported` with the reason instead of `failed`.
+constexpr int kUnsupportedExitCode = 3;
+inline Error makeUnsupported(std::string message, std::string hint = {}) {
+  return Error{std::move(message), std::move(hint), kUnsupportedExitCode};
+}
+
 // errno-based error: "<what>: <strerror>"
 Error sysError(const std::string& what, int err);
 

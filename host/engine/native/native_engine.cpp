@@ -80,10 +80,11 @@ class NativeEngine : public Engine {
     auto children = native::listChildren(agent);
     if (children.size() != 1) {
       thawIfFrozen();
-      return makeError(children.empty() ? "native engine: the agent has no workload process to checkpoint"
+      return Error{children.empty() ? "native engine: the agent has no workload process to checkpoint"
                                         : fmt::format("native engine: unsupported: {} workload trees under the agent "
                                                       "(one is supported)", children.size()),
-                       "the workload's programs are checkpointed as one tree: start one program that starts the rest");
+                       "the workload's programs are checkpointed as one tree: start one program that starts the rest",
+                   children.empty() ? 1 : kUnsupportedExitCode};
     }
     pid_t root = children[0];
     pid_t rootNs = innermostPid(root);
@@ -118,8 +119,11 @@ class NativeEngine : public Engine {
     if (!r.ok()) {
       releaseAgent();
       ctx.mark("resumed");
-      return r.error().context(fmt::format("native engine: dump of the workload tree {} (the agent and the workload "
-                                           "were left running)", root));
+      Error e = r.error().context(fmt::format("native engine: dump of the workload tree {} (the agent and the workload "
+                                              "were left running)", root));
+      // The dump refuses what it cannot save with "unsupported: <object>": a refusal, not a fault.
+      if (r.error().message.find("unsupported:") != std::string::npos) e.exitCode = kUnsupportedExitCode;
+      return e;
     }
     if (auto st = prepared(); !st.ok()) {
       releaseAgent();
