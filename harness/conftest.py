@@ -49,3 +49,13 @@ def results_dir(tmp_path):
 def require_root():
     if os.geteuid() != 0:
         pytest.skip("needs root (namespaces, cgroups)")
+
+
+FREEZER = Path("/sys/fs/cgroup/freezer")
+
+
+def require_container_support():
+    """The container runtime needs root and the cgroup v1 freezer; skip (exit 77) without them."""
+    require_root()
+    if not (FREEZER / "cgroup.procs").exists():
+        pytest.skip("the cgroup v1 freezer is not mounted at /sys/fs/cgroup/freezer")

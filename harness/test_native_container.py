@@ -7,16 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_root, run_crbench
-
-FREEZER = Path("/sys/fs/cgroup/freezer")
-
+from conftest import require_container_support, run_crbench
 
 @pytest.fixture(autouse=True)
 def needs_container_support():
-    require_root()
-    if not (FREEZER / "cgroup.procs").exists():
-        pytest.skip("the cgroup v1 freezer is not mounted at /sys/fs/cgroup/freezer")
+    require_container_support()
 
 
 @pytest.mark.parametrize("mode", ["stop-and-copy", "leave-running"])

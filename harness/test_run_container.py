@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import crbench_bin, require_root, run_crbench
-
-FREEZER = Path("/sys/fs/cgroup/freezer")
-
+from conftest import crbench_bin, require_container_support, run_crbench
 
 @pytest.fixture(autouse=True)
 def needs_container_support():
-    require_root()
-    if not (FREEZER / "cgroup.procs").exists():
-        pytest.skip("the cgroup v1 freezer is not mounted at /sys/fs/cgroup/freezer")
+    require_container_support()
 
 
 def run_record(results_dir, *extra):
