@@ -26,7 +26,8 @@ rc=0
 meson test -C "$build_dir" --print-errorlogs "${setup[@]}" "${args[@]}" || rc=$?
 
 # A run where nothing ran must not look green (e.g. a filter that matched nothing).
-log="$build_dir/meson-logs/testlog.json"
+# meson names the log after the test setup (testlog-quick.json with --setup quick).
+log="$build_dir/meson-logs/testlog${setup:+-quick}.json"
 counts="$(python3 - "$log" <<'PY'
 import collections, json, sys
 c = collections.Counter()
