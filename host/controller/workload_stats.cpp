@@ -23,14 +23,6 @@ Json unsupported(const std::string& method, const std::string& reason) {
   return Json{{"status", "unsupported"}, {"method", method}, {"reason", reason}};
 }
 
-Status writeText(const std::string& path, const std::string& text) {
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!fd.valid()) return sysError("open " + path, errno);
-  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
-    return sysError("write " + path, errno);
-  return Ok{};
-}
-
 // Soft-dirty pages of one process: every mapped page of its writable mappings with bit 55 set.
 Result<uint64_t> softDirtyPages(pid_t pid) {
   std::string base = "/proc/" + std::to_string(pid);
@@ -73,7 +65,7 @@ Json containerDirtyRate(ContainerSandbox& c, int windowMs) {
   if (workload.empty()) return unsupported(method, "the container runs no workload process besides the agent");
   auto t0 = Clock::now();
   for (pid_t p : workload)
-    if (auto st = writeText("/proc/" + std::to_string(p) + "/clear_refs", "4"); !st.ok())
+    if (auto st = writeControlFile("/proc/" + std::to_string(p) + "/clear_refs", "4"); !st.ok())
       return unsupported(method, st.error().message);
   std::this_thread::sleep_for(std::chrono::milliseconds(windowMs));
   uint64_t pages = 0;
@@ -132,7 +124,7 @@ const SoftDirty& softDirtySupport() {
       return s;
     }
     static_cast<volatile char*>(m)[0] = 1;
-    auto cleared = writeText("/proc/self/clear_refs", "4");
+    auto cleared = writeControlFile("/proc/self/clear_refs", "4");
     static_cast<volatile char*>(m)[0] = 2;
     uint64_t entry = 0;
     Fd pm(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));

@@ -38,6 +38,14 @@ static Status writeAll(int fd, std::string_view data, const fs::path& path) {
   return success();
 }
 
+Status writeControlFile(const fs::path& path, std::string_view text) {
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd.valid()) return sysError("open " + path.string(), errno);
+  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+    return sysError("write '" + std::string(text) + "' to " + path.string(), errno);
+  return success();
+}
+
 Status writeFileAtomic(const fs::path& path, std::string_view data, unsigned mode) {
   fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
   std::random_device rd;

@@ -14,6 +14,9 @@ namespace fs = std::filesystem;
 
 Status writeFileAtomic(const fs::path& path, std::string_view data, unsigned mode = 0644);
 Result<std::string> readFile(const fs::path& path);
+// Write `text` in one write() to an existing kernel control file (cgroup, /proc/<pid>/clear_refs):
+// no temp file, no create; the error names the file and what was written.
+Status writeControlFile(const fs::path& path, std::string_view text);
 Status makeDirs(const fs::path& dir, unsigned mode = 0755);
 // Fails with a clear error when `dir` cannot be created or written.
 Status checkWritableDir(const fs::path& dir);

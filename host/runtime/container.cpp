@@ -41,14 +41,6 @@ std::string ipv4(uint32_t a) {
   return fmt::format("{}.{}.{}.{}", a >> 24, (a >> 16) & 255, (a >> 8) & 255, a & 255);
 }
 
-Status writeText(const fs::path& p, const std::string& s) {
-  Fd fd(::open(p.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!fd.valid()) return sysError("open " + p.string(), errno);
-  if (::write(fd.get(), s.data(), s.size()) != static_cast<ssize_t>(s.size()))
-    return sysError("write '" + s + "' to " + p.string(), errno);
-  return success();
-}
-
 std::string readText(const fs::path& p) {
   auto r = readFile(p);
   if (!r.ok()) return {};
@@ -427,7 +419,7 @@ std::string ContainerSandbox::agentLogTail() const {
 Status ContainerSandbox::addToCgroups(pid_t pid) {
   for (auto& d : {freezerDir_, pidsDir_}) {
     if (d.empty()) continue;
-    CRB_CHECK(writeText(d / "cgroup.procs", std::to_string(pid)));
+    CRB_CHECK(writeControlFile(d / "cgroup.procs", std::to_string(pid)));
   }
   return success();
 }
@@ -449,7 +441,7 @@ std::string ContainerSandbox::freezerState() const {
 }
 
 Status ContainerSandbox::freeze(std::chrono::milliseconds timeout) {
-  CRB_CHECK(writeText(freezerDir_ / "freezer.state", "FROZEN"));
+  CRB_CHECK(writeControlFile(freezerDir_ / "freezer.state", "FROZEN"));
   auto deadline = Clock::now() + timeout;
   while (freezerState() != "FROZEN") {
     if (Clock::now() >= deadline) {
@@ -463,7 +455,7 @@ Status ContainerSandbox::freeze(std::chrono::milliseconds timeout) {
 }
 
 Status ContainerSandbox::thaw(std::chrono::milliseconds timeout) {
-  CRB_CHECK(writeText(freezerDir_ / "freezer.state", "THAWED"));
+  CRB_CHECK(writeControlFile(freezerDir_ / "freezer.state", "THAWED"));
   auto deadline = Clock::now() + timeout;
   while (freezerState() != "THAWED") {
     if (Clock::now() >= deadline)
@@ -583,7 +575,7 @@ Status ContainerSandbox::stop() {
       }
     }
     if (!freezerDir_.empty() && fs::exists(freezerDir_ / "freezer.state") && freezerState() != "THAWED")
-      (void)writeText(freezerDir_ / "freezer.state", "THAWED");
+      (void)writeControlFile(freezerDir_ / "freezer.state", "THAWED");
     return killed;
   };
   killAll();
