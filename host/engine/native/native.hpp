@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,8 @@
 #include "core/result.hpp"
 
 namespace crb::native {
+
+class Guardian;  // guardian.hpp
 
 struct DumpOptions {
   bool leaveRunning = false;  // detach and let the tree continue after the dump
@@ -30,6 +33,8 @@ struct DumpOptions {
   // Stop-and-copy under a parent outside the tree that crbench holds stopped (a container's
   // init): called while waiting for the killed tree's pids to become free, to make it reap them.
   std::function<void()> reapKilled;
+  // A guardian already started (before a container was frozen); one is started if empty.
+  std::shared_ptr<Guardian> guardian;
 };
 
 struct DumpStats {
