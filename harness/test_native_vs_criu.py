@@ -1,8 +1,11 @@
 """The same self-checking test programs through both process-level engines: crbench's native engine
 (`crbench cr dump/restore`) and CRIU (the one set-up unpacked into .deps/criu), each as a plain
-process tree in stop-and-copy. Every program checks its own state after the restore and prints
-PASS or FAIL. The native engine must pass every program, and must never silently lose one CRIU
-restores. With CRBENCH_WRITE_DOCS=1 the measured table is written to docs/native-vs-criu.md."""
+process tree in stop-and-copy, and all of them in one container through
+`crbench run native-testprogs --runtime container --engine native|criu` (stop-and-copy). Every
+program checks its own state after the restore and prints PASS or FAIL. The native engine must pass
+every program, both ways. With CRBENCH_WRITE_DOCS=1 the measured table is written to
+docs/native-vs-criu.md."""
+import json
 import datetime
 import os
 import platform
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, crbench_bin
+from conftest import FREEZER, ROOT, crbench_bin, run_crbench
 
 PROGS = {
     "tp_memory": "heap, stack, a large patterned anonymous region, a PROT_READ page, a guard page",
@@ -103,15 +106,50 @@ def criu_version():
     return v.stdout.strip().splitlines()[0]
 
 
+def run_container(engine, tmp):
+    """Every program in one container (scenarios/native-testprogs.toml); {program: (verdict, detail)}."""
+    if not (FREEZER / "cgroup.procs").exists():
+        return {n: ("not run", "no cgroup v1 freezer for the container runtime") for n in PROGS}
+    tmp.mkdir()
+    p = run_crbench("run", "native-testprogs", "--runtime", "container", "--engine", engine,
+                    "--mode", "stop-and-copy", "--results", tmp, "--json", timeout=300)
+    try:
+        rec = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        return {n: ("error", f"no run record (exit {p.returncode}): {p.stderr.strip()[-150:]}") for n in PROGS}
+    if rec["status"] != "ok":
+        err = rec.get("error") or {}
+        why = (err.get("message", "") if isinstance(err, dict) else str(err)).replace("\n", " ")
+        return {n: (rec["status"], why[-200:]) for n in PROGS}
+    checks = {c["name"]: c for c in rec["fidelity"]["checks"]}
+    out = {}
+    for n in PROGS:
+        c = checks.get("scenario:" + n)
+        if not c:
+            out[n] = ("error", "no check in the record")
+        elif c["result"] == "pass":
+            out[n] = ("pass", "")
+        else:
+            detail = c.get("detail", "")
+            fails = [l[len("FAIL: "):] for l in detail.split("; output: ", 1)[-1].splitlines() if l.startswith("FAIL: ")]
+            out[n] = ("fail", "; ".join(fails) if fails else detail[:200])
+    return out
+
+
 def test_both_engines_on_every_program(criu_version, tmp_path):
     rows = []
     for name, what in PROGS.items():
         n = run_one("native", name, tmp_path / f"{name}-native")
         c = run_one("criu", name, tmp_path / f"{name}-criu")
         rows.append((name, what, n, c))
+    nc = run_container("native", tmp_path / "container-native")
+    cc = run_container("criu", tmp_path / "container-criu")
+    rows = [(name, what, n, c, nc[name], cc[name]) for name, what, n, c in rows]
     if os.environ.get("CRBENCH_WRITE_DOCS") == "1":
         write_table(rows, criu_version)
-    problems = [f"{name}: native {n[0]} ({n[1]})" for name, _, n, _ in rows if n[0] != "pass"]
+    problems = [f"{name}: native {n[0]} ({n[1]})" for name, _, n, _, _, _ in rows if n[0] != "pass"]
+    problems += [f"{name}: native in a container {v[0]} ({v[1]})" for name, _, _, _, v, _ in rows
+                 if v[0] not in ("pass", "not run")]
     # Where CRIU restores a program, the native engine must too (it may only refuse, by name).
     assert not problems, "\n".join(problems)
 
@@ -129,13 +167,16 @@ def write_table(rows, criu_version):
         f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on kernel "
         f"{platform.release()}; CRIU: {criu_version}. Each program runs as a plain process tree, is dumped",
         "(stop-and-copy: the original is killed) and restored, then checks its own state and prints",
-        "PASS or FAIL. Sources: `host/engine/native/testprogs/`.",
+        "PASS or FAIL. The container columns run all of them as one tree in one container",
+        "(`crbench run native-testprogs --runtime container --engine native|criu --mode stop-and-copy`,",
+        "scenarios/native-testprogs.toml): same programs, same verdicts, read from the run's scenario",
+        "checks. Sources: `host/engine/native/testprogs/`.",
         "",
-        "| program | state it holds | native | CRIU |",
-        "|---|---|---|---|",
+        "| program | state it holds | native | CRIU | native (container) | CRIU (container) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, what, n, c in rows:
-        lines.append(f"| `{name}` | {what} | {cell(n)} | {cell(c)} |")
+    for name, what, n, c, nc, cc in rows:
+        lines.append(f"| `{name}` | {what} | {cell(n)} | {cell(c)} | {cell(nc)} | {cell(cc)} |")
     out = ROOT / "docs" / "native-vs-criu.md"
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")

@@ -325,10 +325,24 @@ Status dumpShmemObjects(DumpCtx& c) {
 Status createShmemObjects(RestoreCtx& c, RawImageReader& blobs) {
   std::vector<char> buf(1 << 20);
   for (auto& o : c.tree.shmem) {
-    std::string name = o.name.empty() ? "crbench-shared-anon" : o.name;
-    unsigned flags = o.seals == 0 ? MFD_ALLOW_SEALING : 0;
-    Fd fd(int(::syscall(SYS_memfd_create, name.c_str(), flags)));
-    if (!fd.valid()) return sysError("memfd_create for shared memory " + name, errno);
+    std::string name = o.name.empty() ? "shared anonymous memory" : o.name;
+    Fd fd;
+    if (o.name.empty()) {
+      // Shared anonymous memory is a shmem file named /dev/zero, which /proc/pid/maps shows (a
+      // memfd would show its own name): made the same way, and opened through map_files.
+      size_t len = std::max<uint64_t>((o.size + kPage - 1) & ~(kPage - 1), kPage);
+      void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) return sysError("map shared anonymous memory", errno);
+      auto at = reinterpret_cast<uint64_t>(m);
+      fd = Fd(::open(fmt::format("/proc/self/map_files/{:x}-{:x}", at, at + len).c_str(), O_RDWR | O_CLOEXEC));
+      int err = errno;
+      ::munmap(m, len);
+      if (!fd.valid()) return sysError("open shared anonymous memory through /proc/self/map_files", err);
+    } else {
+      unsigned flags = o.seals == 0 ? MFD_ALLOW_SEALING : 0;
+      fd = Fd(int(::syscall(SYS_memfd_create, name.c_str(), flags)));
+      if (!fd.valid()) return sysError("memfd_create for shared memory " + name, errno);
+    }
     if (::ftruncate(fd.get(), off_t(o.size)) != 0) return sysError("size shared memory " + name, errno);
     for (auto& e : o.extents) {
       for (uint64_t done = 0; done < e[1];) {
