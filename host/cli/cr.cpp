@@ -20,6 +20,7 @@ struct CrOptions {
   bool noSync = false;
   bool detach = false;
   bool json = false;
+  std::string freezeCgroup;
 };
 
 void printPhases(const std::map<std::string, double>& ph) {
@@ -35,6 +36,9 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
   dump->add_flag("--leave-running,-R", o->leaveRunning, "let the tree continue after the dump (default: it is killed)");
   dump->add_flag("--no-sync", o->noSync, "do not fdatasync image files (faster on disks; tmpfs does not care)");
   dump->add_flag("--json", o->json, "print figures as JSON");
+  dump->add_option("--freeze-cgroup", o->freezeCgroup,
+                   "cgroup v1 freezer directory holding the tree: frozen while every thread is seized (thawed "
+                   "before anything is changed, and by crbench's guardian if crbench dies)");
   auto* restore = app.add_subcommand("restore", "restore a process tree from an image directory");
   restore->add_option("--images,-D", o->images, "image directory")->required();
   restore->add_flag("--detach,-d", o->detach,
@@ -52,6 +56,7 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       native::DumpOptions opts;
       opts.leaveRunning = o->leaveRunning;
       opts.sync = !o->noSync;
+      opts.freezeCgroup = o->freezeCgroup;
       auto r = native::dumpTree(o->tree, o->images, opts);
       if (!r.ok()) return reportError(r.error());
       if (o->json) {

@@ -131,6 +131,7 @@ Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
       }
       for (pid_t ch : listChildren(p)) queue.push_back(ch);
     }
+    faultPoint("frozen");
     Status thawed = thaw();
     Status stopped = waitPending();
     CRB_CHECK(walked);
