@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fsutil.hpp"
 #include "engine/native/image.hpp"
 #include "engine/native/native.hpp"
 #include "engine/native/ptrace.hpp"
@@ -137,6 +138,13 @@ Status restoreSignals(RestoreCtx& c, const ProcessState& ps);       // signals.c
 Status restoreThreads(RestoreCtx& c, const ProcessState& ps);       // threads.cpp (create + per-thread)
 Status restoreSignalQueues(RestoreCtx& c, const ProcessState& ps);  // signals.cpp
 Status finishThreads(RestoreCtx& c, const ProcessState& ps);        // threads.cpp: regs, masks, detach
+
+// events.cpp: eventfd, epoll, timerfd, signalfd, inotify.
+bool dumpEventFile(DumpCtx& c, pid_t pid, int fd, const std::string& link, FileDesc& f, const std::string& what);
+bool isEventKind(const std::string& kind);
+Result<int> openEventFile(RestoreCtx& c, const FileDesc& f);
+Status restoreEpollWatches(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
+Result<Fd> grabRemoteFd(pid_t pid, int fd);  // the same open file description, via pidfd_getfd
 
 std::string pathInTree(const std::string& prefix, const std::string& path);
 

@@ -231,6 +231,7 @@ Status Restorer::run() {
     CRB_ASSIGN(auto pages, RawImageReader::open(c_.dir, fmt::format("pages-{}.img", ps.pid)));
     CRB_CHECK(resetInheritedThreadState(c_, ps.pid));
     CRB_CHECK(restoreFdTable(c_, ps));
+    CRB_CHECK(restoreEpollWatches(c_, ps));
     CRB_CHECK(restoreMemory(c_, ps, pages));
     CRB_CHECK(restoreProcessAttrs(c_, ps));
     CRB_CHECK(restoreSignals(c_, ps));

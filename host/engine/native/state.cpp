@@ -23,7 +23,7 @@ CRB_JSON(ProcessState, pid, ppid, pgid, sid, zombie, exitCode, uids, gids, group
          personality, comm, cwd, exe, rlimits, mm, auxv, sigactions, sharedPending, itimers, threads,
          fds, vmas)
 CRB_JSON(FileDesc, id, kind, path, flags, pos, dev, ino, size, mode, object, stdioFd, count, blobLen,
-         outsideRoot)
+         outsideRoot, detail)
 CRB_JSON(PipeObject, id, ino, capacity, blobLen, readerInTree, writerInTree)
 CRB_JSON(ShmemObject, id, dev, ino, size, name, seals, extents)
 CRB_JSON(MappedFile, id, path, dev, ino, writable)

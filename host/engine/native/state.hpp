@@ -79,7 +79,7 @@ struct ProcessState {
 // One open file description (shared by every fd, in any process, that refers to it).
 struct FileDesc {
   int id = 0;
-  // reg | dir | dev | deleted (content in blobs) | pipe | memfd | eventfd | stdio (inherited from
+  // reg | dir | dev | deleted (content in blobs) | pipe | memfd | eventfd | epoll | timerfd | signalfd | inotify | stdio (inherited from
   // the restorer: an external pipe/tty/socket at fd 0-2)
   std::string kind;
   std::string path;
@@ -94,6 +94,8 @@ struct FileDesc {
   // reg/dir of a container's process that lives outside its root (e.g. the log file the runtime
   // opened on the host and gave it as stdout): `path` is a host path, opened as such on restore.
   bool outsideRoot = false;
+  // Kind-specific state kept by the file that owns the kind (events.cpp, tty.cpp, inet_sockets.cpp).
+  Json detail;
 };
 
 struct PipeObject {
