@@ -11,7 +11,7 @@ import pytest
 
 from test_native_cr import cr, need_root, prog, start, wait_for
 
-PROGS = ["tp_epoll", "tp_timerfd", "tp_signalfd", "tp_inotify"]
+PROGS = ["tp_epoll", "tp_timerfd", "tp_signalfd", "tp_inotify", "tp_pty"]
 
 
 def dump_restore(name, tmp_path, *argv):

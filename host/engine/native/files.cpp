@@ -186,6 +186,7 @@ Status dumpFiles(DumpCtx& c) {
           p.writerInTree = true;
         }
         if (!c.pipeAny.count(pid)) c.pipeAny[pid] = {ps.pid, fd};
+      } else if (dumpTtyFile(c, ps.pid, fd, path, st, f, what)) {
       } else if (stdio && (S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode))) {
         f.kind = "stdio";
         f.stdioFd = fd;
@@ -221,6 +222,7 @@ Status dumpFiles(DumpCtx& c) {
       }
     p.readerInTree = p.writerInTree = false;  // nothing to carry for it
   }
+  finishTtys(c);
   return success();
 }
 
@@ -282,6 +284,7 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
     // blobs.img order is pipes, deleted files, shmem: memfd descriptions come in a second pass,
     // after the shmem objects exist.
     if ((f.kind == "memfd") != memfdPass) continue;
+    if (c.fileFds.count(f.id)) continue;  // opened early with another (a pty master with its slave)
     std::string what = f.kind + " " + f.path;
     int fd = -1;
     int openFlags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
@@ -317,6 +320,8 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
       ::lseek(fd, off_t(f.pos), SEEK_SET);
     } else if (isEventKind(f.kind)) {
       CRB_ASSIGN(fd, openEventFile(c, f));
+    } else if (isTtyKind(f.kind)) {
+      CRB_ASSIGN(fd, openTtyFile(c, f));
     } else if (f.kind == "stdio") {
       fd = ::fcntl(f.stdioFd, F_DUPFD, c.fdBase);
       if (fd < 0) return sysError(fmt::format("inherit crbench's fd {} for the tree's stdio", f.stdioFd), errno);

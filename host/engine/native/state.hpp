@@ -74,6 +74,8 @@ struct ProcessState {
   std::vector<ThreadState> threads;        // threads[0] is the main thread
   std::vector<FdEntry> fds;
   std::vector<Vma> vmas;
+  int ctty = -1;     // session leaders: FileDesc id of the controlling terminal (tty.cpp)
+  pid_t ttyPgrp = 0;  // its foreground process group
 };
 
 // One open file description (shared by every fd, in any process, that refers to it).
