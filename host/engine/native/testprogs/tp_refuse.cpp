@@ -1,6 +1,6 @@
-// Holds objects the native engine does not restore yet (a unix socketpair, an epoll fd, a SysV
-// shm segment): the dump must be refused naming them and leave this process running, which it
-// proves by answering PASS when the go file appears.
+// Holds objects the native engine does not restore yet (a unix socketpair, a SysV shm segment;
+// its epoll fd is restored since events.cpp): the dump must be refused naming them and leave this
+// process running, which it proves by answering PASS when the go file appears.
 #include <sys/epoll.h>
 #include <sys/ipc.h>
 #include <sys/shm.h>
