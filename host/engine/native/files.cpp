@@ -192,6 +192,8 @@ Status dumpFiles(DumpCtx& c) {
           p.writerInTree = true;
         }
         if (!c.pipeAny.count(pid)) c.pipeAny[pid] = {ps.pid, fd};
+      } else if (S_ISSOCK(st.st_mode) && dumpUnixSocketFd(c, ps.pid, fd, f, what)) {
+        // unix_sockets.cpp
       } else if (stdio && (S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode))) {
         f.kind = "stdio";
         f.stdioFd = fd;
@@ -227,6 +229,7 @@ Status dumpFiles(DumpCtx& c) {
       }
     p.readerInTree = p.writerInTree = false;  // nothing to carry for it
   }
+  CRB_CHECK(resolveUnixSockets(c));
   return success();
 }
 
@@ -288,6 +291,7 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
     // blobs.img order is pipes, deleted files, shmem: memfd descriptions come in a second pass,
     // after the shmem objects exist.
     if ((f.kind == "memfd") != memfdPass) continue;
+    if (f.kind == "unix") continue;  // createUnixSockets(), once in the tree's namespaces
     std::string what = f.kind + " " + f.path;
     int fd = -1;
     int openFlags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);

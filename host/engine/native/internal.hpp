@@ -138,6 +138,12 @@ Status restoreThreads(RestoreCtx& c, const ProcessState& ps);       // threads.c
 Status restoreSignalQueues(RestoreCtx& c, const ProcessState& ps);  // signals.cpp
 Status finishThreads(RestoreCtx& c, const ProcessState& ps);        // threads.cpp: regs, masks, detach
 
+// unix_sockets.cpp: per fd (false: not a unix socket), after all fds, and the restore (run in
+// the tree's network and mount namespaces, before the tree is created).
+bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
+Status resolveUnixSockets(DumpCtx& c);
+Status createUnixSockets(RestoreCtx& c);
+
 std::string pathInTree(const std::string& prefix, const std::string& path);
 
 }  // namespace crb::native
