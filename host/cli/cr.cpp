@@ -20,6 +20,7 @@ struct CrOptions {
   bool noSync = false;
   bool detach = false;
   bool json = false;
+  std::vector<std::string> external;
 };
 
 void printPhases(const std::map<std::string, double>& ph) {
@@ -35,6 +36,13 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
   dump->add_flag("--leave-running,-R", o->leaveRunning, "let the tree continue after the dump (default: it is killed)");
   dump->add_flag("--no-sync", o->noSync, "do not fdatasync image files (faster on disks; tmpfs does not care)");
   dump->add_flag("--json", o->json, "print figures as JSON");
+  dump->add_option("--external", o->external,
+                   "accept a connection to outside the tree: unix:<inode> or unix:<name> (a path, or @name for "
+                   "an abstract one) of the outside peer or of the tree's own socket; restore reconnects it by name")
+      ->each([](const std::string& v) {
+        if (v.rfind("unix:", 0) != 0 || v.size() == 5)
+          throw CLI::ValidationError("--external", "'" + v + "': expected unix:<inode> or unix:<name>");
+      });
   auto* restore = app.add_subcommand("restore", "restore a process tree from an image directory");
   restore->add_option("--images,-D", o->images, "image directory")->required();
   restore->add_flag("--detach,-d", o->detach,
@@ -52,6 +60,7 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       native::DumpOptions opts;
       opts.leaveRunning = o->leaveRunning;
       opts.sync = !o->noSync;
+      opts.external = o->external;
       auto r = native::dumpTree(o->tree, o->images, opts);
       if (!r.ok()) return reportError(r.error());
       if (o->json) {

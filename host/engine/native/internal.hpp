@@ -154,6 +154,11 @@ bool isTtyKind(const std::string& kind);
 Result<int> openTtyFile(RestoreCtx& c, const FileDesc& f);
 Status takeControllingTty(RestoreCtx& c, const ProcessState& ps);     // right after setsid
 Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
+// unix_sockets.cpp: per fd (false: not a unix socket), after all fds, and the restore (run in
+// the tree's network and mount namespaces, before the tree is created).
+bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
+Status resolveUnixSockets(DumpCtx& c);
+Status createUnixSockets(RestoreCtx& c);
 
 std::string pathInTree(const std::string& prefix, const std::string& path);
 

@@ -30,6 +30,9 @@ struct DumpOptions {
   // Stop-and-copy under a parent outside the tree that crbench holds stopped (a container's
   // init): called while waiting for the killed tree's pids to become free, to make it reap them.
   std::function<void()> reapKilled;
+  // Connections to outside the tree the user accepts (`--external unix:<inode or name>`): restored
+  // by connecting to the peer's name again.
+  std::vector<std::string> external;
 };
 
 struct DumpStats {
