@@ -98,6 +98,8 @@ Status dumpPipeData(DumpCtx& c);                                    // pipes.cpp
 Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps);  // memory.cpp: which pages
 Status dumpMemoryPages(DumpCtx& c, pid_t pid, ProcessState& ps);   // memory.cpp: copy pages
 Status dumpShmemObjects(DumpCtx& c);                                // memory.cpp
+// Pages of [start, end) of a process holding data (present or swapped, not the zero page).
+Result<std::vector<PageRun>> scanDataPages(pid_t pid, uint64_t start, uint64_t end, bool anonOnly);  // memory.cpp
 
 // ---------------------------------------------------------------- restore side
 constexpr uint64_t kBootSize = 64 * 1024;  // code page + scratch, mapped at the same address everywhere
