@@ -84,6 +84,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   Seizure seizure;
   c.seizure = &seizure;
   auto t0 = Clock::now();
+  if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
   CRB_CHECK(seizure.seizeTree(root, opts.thaw));
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 namespace crb::native {
 
 class PreCopySession;  // precopy.hpp
+class Guardian;  // guardian.hpp
 
 struct DumpOptions {
   bool leaveRunning = false;  // detach and let the tree continue after the dump
@@ -38,6 +40,8 @@ struct DumpOptions {
   // Pre-copy (precopy.hpp): memory was copied in rounds while the tree ran; the dump copies only
   // what changed since, lets the tree run again and writes the image afterwards (leave-running).
   PreCopySession* precopy = nullptr;
+  // A guardian already started (before a container was frozen); one is started if empty.
+  std::shared_ptr<Guardian> guardian;
 };
 
 struct DumpStats {
