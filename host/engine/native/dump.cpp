@@ -81,6 +81,11 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   c.opts = opts;
   Seizure seizure;
   c.seizure = &seizure;
+  // Declared after the seizure, so it runs before the tree is released on any return.
+  struct UndoGuard {
+    DumpCtx& c;
+    ~UndoGuard() { c.runUndo(); }
+  } undoGuard{c};
   auto t0 = Clock::now();
   CRB_CHECK(seizure.seizeTree(root, opts.thaw));
   opts.mark("frozen");
@@ -148,9 +153,11 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   c.stats.phasesMs["write"] = msSince(t3);
   c.stats.frozenMs = msSince(t0);
   if (opts.leaveRunning) {
+    c.runUndo();
     seizure.release();
   } else {
     CRB_CHECK(seizure.killAll(opts.reapKilled));
+    c.undo.clear();  // TCP sockets close silently in repair mode; their netfilter rules stay for the restore
   }
   opts.mark("resumed");
   return c.stats;
