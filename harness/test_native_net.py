@@ -169,3 +169,32 @@ def test_known_gap_is_refused_by_name(mode, tmp_path):
             p.wait()
         if master is not None:
             os.close(master)
+
+
+def test_clocks_carry_on_in_a_time_namespace(tmp_path):
+    """A second passes between dump and restore, twice (the restored tree, in its own time
+    namespace, is dumped again): the tree's CLOCK_MONOTONIC and CLOCK_BOOTTIME carry on from where
+    they stopped, CLOCK_REALTIME shows the gap."""
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_timens"), str(go)], tmp_path)
+    wait_for(log, "READY")
+    time.sleep(0.1)
+    d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img1")
+    assert d.returncode == 0, d.stderr
+    assert p.wait(timeout=10) == -signal.SIGKILL
+    time.sleep(1)
+    r = cr("restore", "--detach", "--images", tmp_path / "img1")
+    assert r.returncode == 0, r.stderr
+    assert os.readlink(f"/proc/{p.pid}/ns/time") != os.readlink("/proc/self/ns/time")
+    time.sleep(0.2)
+    d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img2")
+    assert d.returncode == 0, d.stderr
+    time.sleep(1)
+    end = time.monotonic() + 10  # the killed copy's new parent (init) reaps it
+    while Path(f"/proc/{p.pid}").exists() and time.monotonic() < end:
+        time.sleep(0.05)
+    go.touch()
+    r = cr("restore", "--images", tmp_path / "img2")
+    out = log.read_text()
+    assert r.returncode == 0 and "PASS" in out, f"restore: {r.stderr}\nprogram: {out}"

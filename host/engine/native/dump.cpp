@@ -88,6 +88,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   } undoGuard{c};
   auto t0 = Clock::now();
   CRB_CHECK(seizure.seizeTree(root, opts.thaw));
+  CRB_CHECK(dumpClocks(c, root));  // namespaces.cpp: the clocks the tree stopped at
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);
   auto t1 = Clock::now();

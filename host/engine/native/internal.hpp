@@ -167,6 +167,9 @@ bool isInetKind(const std::string& kind);
 Result<int> openInetSocket(RestoreCtx& c, const FileDesc& f);
 Status finishInetSockets(RestoreCtx& c);  // before the tree is released: TCP leaves repair mode
 Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath);  // after a restore
+// namespaces.cpp: the tree's clocks (time namespace).
+Status dumpClocks(DumpCtx& c, pid_t root);  // right after the seize
+Status enterTimeNamespace(RestoreCtx& c);   // before the root is cloned
 
 std::string pathInTree(const std::string& prefix, const std::string& path);
 

@@ -218,6 +218,7 @@ Status Restorer::run() {
   CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
   for (int fd : c_.opts.setnsBeforeTree)
     if (::setns(fd, 0) != 0) return sysError("join the target's namespaces (setns)", errno);
+  CRB_CHECK(enterTimeNamespace(c_));  // namespaces.cpp: the tree's clocks carry on
   c_.result.phasesMs["prepare"] = msSince(t0);
 
   auto t1 = Clock::now();
