@@ -83,9 +83,15 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   c.opts = opts;
   Seizure seizure;
   c.seizure = &seizure;
+  // Declared after the seizure, so it runs before the tree is released on any return.
+  struct UndoGuard {
+    DumpCtx& c;
+    ~UndoGuard() { c.runUndo(); }
+  } undoGuard{c};
   auto t0 = Clock::now();
   if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
   CRB_CHECK(seizure.seizeTree(root, opts.thaw));
+  CRB_CHECK(dumpClocks(c, root));  // namespaces.cpp: the clocks the tree stopped at
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);
   auto t1 = Clock::now();
@@ -167,9 +173,11 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   }
   c.stats.frozenMs = msSince(t0);
   if (opts.leaveRunning) {
+    c.runUndo();
     seizure.release();
   } else {
     CRB_CHECK(seizure.killAll(opts.reapKilled));
+    c.undo.clear();  // TCP sockets close silently in repair mode; their netfilter rules stay for the restore
   }
   opts.mark("resumed");
   return c.stats;

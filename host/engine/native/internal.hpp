@@ -102,6 +102,13 @@ struct DumpCtx {
   }
   int shmemFor(uint64_t dev, uint64_t ino, uint64_t size, const std::string& name, const std::string& source);
   void refuse(const std::string& what) { unsupported.push_back("unsupported: " + what); }
+  // What the dump changed in the tree's kernel objects (TCP repair mode, netfilter rules), put
+  // back before the tree runs again; dropped when the dump ends by killing the tree.
+  std::vector<std::function<void()>> undo;
+  void runUndo() {
+    for (auto it = undo.rbegin(); it != undo.rend(); ++it) (*it)();
+    undo.clear();
+  }
   ProcessState& proc(pid_t pid);
 };
 
@@ -176,6 +183,15 @@ Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after r
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
 Status resolveUnixSockets(DumpCtx& c);
 Status createUnixSockets(RestoreCtx& c);
+// inet_sockets.cpp: UDP, TCP listen/established (TCP_REPAIR, netfilter lock).
+bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDesc& f, const std::string& what);
+bool isInetKind(const std::string& kind);
+Result<int> openInetSocket(RestoreCtx& c, const FileDesc& f);
+Status finishInetSockets(RestoreCtx& c);  // before the tree is released: TCP leaves repair mode
+Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath);  // after a restore
+// namespaces.cpp: the tree's clocks (time namespace).
+Status dumpClocks(DumpCtx& c, pid_t root);  // right after the seize
+Status enterTimeNamespace(RestoreCtx& c);   // before the root is cloned
 
 std::string pathInTree(const std::string& prefix, const std::string& path);
 

@@ -377,7 +377,8 @@ Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps) {
   }
   if (ps.cwd.find(" (deleted)") != std::string::npos)
     c.refuse(fmt::format("process {} has a deleted working directory", pid));
-  for (const char* ns : {"mnt", "net", "ipc", "uts", "pid", "user", "cgroup", "time"}) {
+  // The time namespace is namespaces.cpp's (a restored tree has one of its own).
+  for (const char* ns : {"mnt", "net", "ipc", "uts", "pid", "user", "cgroup"}) {
     auto mine = readLink(fmt::format("/proc/{}/ns/{}", c.opts.nsReference ? c.opts.nsReference : ::getpid(), ns));
     auto theirs = readLink(fmt::format("/proc/{}/ns/{}", pid, ns));
     if (mine.ok() && theirs.ok() && *mine != *theirs)
