@@ -110,6 +110,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpFiles(c));
   for (auto& ps : c.tree.procs)
     if (!ps.zombie) CRB_CHECK(dumpMemoryLayout(c, ps.pid, ps));
+  CRB_CHECK(dumpSysvIpc(c));
   c.stats.phasesMs["state"] = msSince(t1);
   if (!c.unsupported.empty()) {
     std::string all;

@@ -144,6 +144,17 @@ bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::str
 Status resolveUnixSockets(DumpCtx& c);
 Status createUnixSockets(RestoreCtx& c);
 
+// sysv_ipc.cpp: a /SYSV mapping (memory.cpp), the objects (after the memory layout), and the
+// restore: prepare before the restorer changes namespaces, objects after, attaches per process,
+// finish at the end (ok or not).
+struct MapsLine;
+bool dumpSysvShmVma(DumpCtx& c, pid_t pid, const MapsLine& m, Vma& v);
+Status dumpSysvIpc(DumpCtx& c);
+Status prepareSysvIpc(RestoreCtx& c);
+Status restoreSysvIpc(RestoreCtx& c);
+Status restoreSysvShmVma(RestoreCtx& c, pid_t pid, const Vma& v);
+void finishSysvIpc(RestoreCtx& c, bool ok);
+
 std::string pathInTree(const std::string& prefix, const std::string& path);
 
 }  // namespace crb::native

@@ -284,6 +284,11 @@ Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps) {
   for (const char* ns : {"mnt", "net", "ipc", "uts", "pid", "user", "cgroup", "time"}) {
     auto mine = readLink(fmt::format("/proc/{}/ns/{}", c.opts.nsReference ? c.opts.nsReference : ::getpid(), ns));
     auto theirs = readLink(fmt::format("/proc/{}/ns/{}", pid, ns));
+    // An IPC namespace the whole tree shares is carried (sysv_ipc.cpp).
+    if (std::string(ns) == "ipc" && theirs.ok() && c.seizure && !c.seizure->order.empty() &&
+        readLink(fmt::format("/proc/{}/ns/ipc", c.seizure->order[0])).ok() &&
+        *readLink(fmt::format("/proc/{}/ns/ipc", c.seizure->order[0])) == *theirs)
+      continue;
     if (mine.ok() && theirs.ok() && *mine != *theirs)
       c.refuse(fmt::format("process {} in its own {} namespace ({})", pid, ns, *theirs));
   }

@@ -103,6 +103,7 @@ class Restorer {
       for (pid_t t : c_.traced) ::waitpid(t, nullptr, __WALL | WNOHANG);
     }
     closeTracerFds();
+    finishSysvIpc(c_, ok_);
     if (c_.boot) ::munmap(reinterpret_cast<void*>(c_.boot), kBootSize);
   }
   void closeTracerFds() {
@@ -216,9 +217,11 @@ Status Restorer::run() {
   CRB_CHECK(blobs.verifyComplete());
   CRB_CHECK(openMappedFiles(c_));
   CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
+  CRB_CHECK(prepareSysvIpc(c_));
   for (int fd : c_.opts.setnsBeforeTree)
     if (::setns(fd, 0) != 0) return sysError("join the target's namespaces (setns)", errno);
   CRB_CHECK(createUnixSockets(c_));
+  CRB_CHECK(restoreSysvIpc(c_));
   c_.result.phasesMs["prepare"] = msSince(t0);
 
   auto t1 = Clock::now();

@@ -1,8 +1,9 @@
 // Holds objects the native engine does not restore yet (a netlink socket, an epoll fd, a SysV
-// shm segment): the dump must be refused naming them and leave this process running, which it
+// shm segment unmapped in part): the dump must be refused naming them and leave this process running, which it
 // proves by answering PASS when the go file appears.
 #include <sys/epoll.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
 
@@ -13,8 +14,10 @@ int main(int argc, char** argv) {
   int nl = socket(AF_NETLINK, SOCK_RAW, 0);  // NETLINK_ROUTE; unix socketpairs are restored now
   (void)nl;
   int ep = epoll_create1(0);
-  int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+  // A SysV segment unmapped in part (its first page): attaches are restored whole only.
+  int id = shmget(IPC_PRIVATE, 8192, IPC_CREAT | 0600);
   void* p = shmat(id, nullptr, 0);
+  munmap(p, 4096);
   shmctl(id, IPC_RMID, nullptr);
   (void)ep;
   (void)p;
