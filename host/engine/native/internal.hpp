@@ -1,6 +1,7 @@
 #pragma once
 // Shared between the per-resource files of the native engine: the dump and restore contexts and
 // each resource's dump/restore halves.
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/user.h>
 
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fsutil.hpp"
 #include "engine/native/image.hpp"
 #include "engine/native/native.hpp"
 #include "engine/native/ptrace.hpp"
@@ -96,6 +98,8 @@ Status dumpPipeData(DumpCtx& c);                                    // pipes.cpp
 Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps);  // memory.cpp: which pages
 Status dumpMemoryPages(DumpCtx& c, pid_t pid, ProcessState& ps);   // memory.cpp: copy pages
 Status dumpShmemObjects(DumpCtx& c);                                // memory.cpp
+// Pages of [start, end) of a process holding data (present or swapped, not the zero page).
+Result<std::vector<PageRun>> scanDataPages(pid_t pid, uint64_t start, uint64_t end, bool anonOnly);  // memory.cpp
 
 // ---------------------------------------------------------------- restore side
 constexpr uint64_t kBootSize = 64 * 1024;  // code page + scratch, mapped at the same address everywhere
@@ -138,6 +142,20 @@ Status restoreThreads(RestoreCtx& c, const ProcessState& ps);       // threads.c
 Status restoreSignalQueues(RestoreCtx& c, const ProcessState& ps);  // signals.cpp
 Status finishThreads(RestoreCtx& c, const ProcessState& ps);        // threads.cpp: regs, masks, detach
 
+// events.cpp: eventfd, epoll, timerfd, signalfd, inotify.
+bool dumpEventFile(DumpCtx& c, pid_t pid, int fd, const std::string& link, FileDesc& f, const std::string& what);
+bool isEventKind(const std::string& kind);
+Result<int> openEventFile(RestoreCtx& c, const FileDesc& f);
+Status restoreEpollWatches(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
+Result<Fd> grabRemoteFd(pid_t pid, int fd);  // the same open file description, via pidfd_getfd
+// tty.cpp: pty masters/slaves, controlling terminals.
+bool dumpTtyFile(DumpCtx& c, pid_t pid, int fd, const std::string& path, const struct stat& st, FileDesc& f,
+                 const std::string& what);
+void finishTtys(DumpCtx& c);  // end of dumpFiles
+bool isTtyKind(const std::string& kind);
+Result<int> openTtyFile(RestoreCtx& c, const FileDesc& f);
+Status takeControllingTty(RestoreCtx& c, const ProcessState& ps);     // right after setsid
+Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
 // unix_sockets.cpp: per fd (false: not a unix socket), after all fds, and the restore (run in
 // the tree's network and mount namespaces, before the tree is created).
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);

@@ -14,6 +14,8 @@
 
 namespace crb::native {
 
+class PreCopySession;  // precopy.hpp
+
 struct DumpOptions {
   bool leaveRunning = false;  // detach and let the tree continue after the dump
   bool sync = true;           // fdatasync every image file
@@ -33,12 +35,16 @@ struct DumpOptions {
   // Connections to outside the tree the user accepts (`--external unix:<inode or name>`): restored
   // by connecting to the peer's name again.
   std::vector<std::string> external;
+  // Pre-copy (precopy.hpp): memory was copied in rounds while the tree ran; the dump copies only
+  // what changed since, lets the tree run again and writes the image afterwards (leave-running).
+  PreCopySession* precopy = nullptr;
 };
 
 struct DumpStats {
   std::map<std::string, double> phasesMs;
   uint64_t processes = 0, threads = 0, pagesWritten = 0, pagesSkippedZero = 0, bytesWritten = 0;
   double frozenMs = 0;
+  Json memory = Json::object();  // pre-copy: tracking method, per-round figures (precopy.cpp)
   Json toJson() const;
 };
 

@@ -26,6 +26,7 @@
 #include "engine/engine.hpp"
 #include "engine/native/internal.hpp"
 #include "engine/native/native.hpp"
+#include "engine/native/precopy.hpp"
 #include "engine/native/procfs.hpp"
 #include "runtime/container.hpp"
 
@@ -51,8 +52,7 @@ class NativeEngine : public Engine {
   Capabilities capabilities() override {
     Capabilities c;
     c.runtimes = {RuntimeKind::Container};
-    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning};
-    c.unsupportedModes[modes::kPreCopy] = "native engine: iterative pre-copy is issue #9";
+    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy};
     c.unsupportedModes[modes::kIncremental] = "native engine: incremental images are issue #9";
     c.unsupportedModes[modes::kLazy] = "native engine: lazy restore is issue #9";
     c.versions["native-image-format"] = native::kImageFormatVersion;
@@ -63,12 +63,46 @@ class NativeEngine : public Engine {
   Result<PhaseReport> checkpoint(Sandbox& sandbox, const CheckpointContext& ctx) override {
     auto* c = dynamic_cast<ContainerSandbox*>(&sandbox);
     if (!c) return makeError("the native engine works on containers only");
-    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning)
-      return makeError("native engine: mode " + ctx.mode + " is not supported", "modes: stop-and-copy, leave-running", 3);
+    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning && ctx.mode != modes::kPreCopy)
+      return makeError("native engine: mode " + ctx.mode + " is not supported",
+                       "modes: stop-and-copy, leave-running, pre-copy", 3);
     releaseAgent();
-    bool leave = ctx.mode == modes::kLeaveRunning;
+    bool precopy = ctx.mode == modes::kPreCopy;
+    bool leave = ctx.mode == modes::kLeaveRunning || precopy;
     pid_t agent = c->initPid();
     PhaseReport rep;
+    // Pre-copy: rounds while everything runs; the freeze below is the short final round. The tree
+    // (and the agent answering the prober) runs again as soon as the final round has captured it.
+    std::unique_ptr<native::PreCopySession> session;
+    auto tp = Clock::now();
+    if (precopy) {
+      auto kids = native::listChildren(agent);
+      if (kids.size() != 1)
+        return makeError(fmt::format("native engine: pre-copy needs exactly one workload tree under the agent, found {}",
+                                     kids.size()), "", kids.empty() ? 1 : kUnsupportedExitCode);
+      native::PreCopyOptions po;
+      for (auto [key, field] : {std::pair{"target_downtime_ms", &po.targetDowntimeMs},
+                                std::pair{"max_seconds", &po.maxSeconds}, std::pair{"min_shrink", &po.minShrink}}) {
+        if (!ctx.options.contains(key)) continue;
+        try {
+          *field = std::stod(ctx.options[key].is_string() ? ctx.options[key].get<std::string>()
+                                                           : ctx.options[key].dump());
+        } catch (...) {
+          return makeError(fmt::format("native engine: option {} is not a number", key), "e.g. --engine-opt "
+                           "target_downtime_ms=10");
+        }
+      }
+      if (ctx.options.contains("max_rounds")) {
+        auto v = ctx.options["max_rounds"];
+        po.maxRounds = v.is_string() ? std::atoi(v.get<std::string>().c_str()) : v.get<int>();
+      }
+      auto s = native::PreCopySession::start(kids[0], ctx.imageDir, po);
+      if (!s.ok()) return s.error().context("native engine: pre-copy set-up (the workload was left running)");
+      session = std::move(*s);
+      if (auto st = session->iterate(); !st.ok())
+        return st.error().context("native engine: pre-copy rounds (the workload was left running)");
+      rep.phasesMs["precopy_rounds"] = msSince(tp);
+    }
     auto t0 = Clock::now();
     CRB_CHECK(c->freeze());
     ctx.mark("frozen");
@@ -102,6 +136,17 @@ class NativeEngine : public Engine {
     o.reapKilled = [this] { reapAgentZombies(); };
     // The agent is still held when dumpTree releases or kills the tree: marks come from here.
     o.mark = [](const std::string&) {};
+    bool resumedMarked = false;
+    if (precopy) {
+      o.precopy = session.get();
+      // Pre-copy: the workload runs again before the image is written; so does the agent.
+      o.mark = [&](const std::string& e) {
+        if (e != "resumed") return;
+        releaseAgent();
+        ctx.mark("resumed");
+        resumedMarked = true;
+      };
+    }
     // The agent's stop is collected before the kill so the reap hook can inject into it.
     bool agentReady = false;
     auto prepared = [&]() -> Status {
@@ -118,7 +163,7 @@ class NativeEngine : public Engine {
     thawIfFrozen();
     if (!r.ok()) {
       releaseAgent();
-      ctx.mark("resumed");
+      if (!resumedMarked) ctx.mark("resumed");
       Error e = r.error().context(fmt::format("native engine: dump of the workload tree {} (the agent and the workload "
                                               "were left running)", root));
       // The dump refuses what it cannot save with "unsupported: <object>": a refusal, not a fault.
@@ -139,8 +184,9 @@ class NativeEngine : public Engine {
         "prober's sockets, was held stopped with the workload and not dumped");
     if (leave) {
       releaseAgent();
-      ctx.mark("resumed");
+      if (!resumedMarked) ctx.mark("resumed");
     }
+    if (precopy) rep.phasesMs["checkpoint_total_with_rounds"] = msSince(tp);
     // Stop-and-copy: the agent stays stopped until the restore has recreated the workload.
     rep.phasesMs["checkpoint_total"] = msSince(t0);
     return rep;

@@ -264,8 +264,7 @@ Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps) {
   for (auto x : numbers(st["Groups"])) ps.groups.push_back(uint32_t(x));
   ps.umask = unsigned(std::stoul(st.count("Umask") ? st["Umask"] : "022", nullptr, 8));
   if (st["Seccomp"] != "0") c.refuse(fmt::format("seccomp filter in process {}", pid));
-  if (std::stol(stat[7]) != 0 && ps.sid == pid)
-    c.refuse(fmt::format("controlling terminal of session leader {}", pid));
+  // A session leader's controlling terminal: tty.cpp (finishTtys).
   CRB_ASSIGN(auto pers, readProc(pid, "personality"));
   ps.personality = parseHex(pers);
   CRB_ASSIGN(ps.cwd, readLink(fmt::format("/proc/{}/cwd", pid)));

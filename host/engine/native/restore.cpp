@@ -169,6 +169,7 @@ Status Restorer::createTree() {
       return sysError(fmt::format("block signals in pid {}", ps.pid), errno);
     if (ps.sid == ps.pid) {
       CRB_CHECK(inj.check("setsid", SYS_setsid));
+      CRB_CHECK(takeControllingTty(c_, ps));  // before its children are cloned: they inherit it
     } else if (ps.pgid == ps.pid) {
       CRB_CHECK(inj.check("setpgid", SYS_setpgid, 0, 0));
     }
@@ -236,6 +237,8 @@ Status Restorer::run() {
     CRB_ASSIGN(auto pages, RawImageReader::open(c_.dir, fmt::format("pages-{}.img", ps.pid)));
     CRB_CHECK(resetInheritedThreadState(c_, ps.pid));
     CRB_CHECK(restoreFdTable(c_, ps));
+    CRB_CHECK(restoreEpollWatches(c_, ps));
+    CRB_CHECK(restoreControllingTty(c_, ps));
     CRB_CHECK(restoreMemory(c_, ps, pages));
     CRB_CHECK(restoreProcessAttrs(c_, ps));
     CRB_CHECK(restoreSignals(c_, ps));

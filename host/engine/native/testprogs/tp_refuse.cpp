@@ -1,6 +1,6 @@
-// Holds objects the native engine does not restore yet (a netlink socket, an epoll fd, a SysV
-// shm segment unmapped in part): the dump must be refused naming them and leave this process running, which it
-// proves by answering PASS when the go file appears.
+// Holds objects the native engine does not restore yet (a netlink socket, a SysV shm segment
+// unmapped in part; its epoll fd is restored since events.cpp): the dump must be refused naming
+// them and leave this process running, which it proves by answering PASS when the go file appears.
 #include <sys/epoll.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
