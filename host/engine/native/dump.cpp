@@ -84,7 +84,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   Seizure seizure;
   c.seizure = &seizure;
   auto t0 = Clock::now();
-  CRB_CHECK(seizure.seizeTree(root, opts.thaw));
+  CRB_CHECK(seizure.seizeTree(root, opts.thaw, opts.moreRoots));
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);
   auto t1 = Clock::now();

@@ -42,7 +42,8 @@ class Seizure {
   // With `thaw` (a container): called while the tree's cgroup is frozen; every thread is seized
   // and interrupted while frozen, then thaw() lets each run straight into its ptrace stop, so no
   // thread runs user code between the first and the last seize. thaw() is always called.
-  Status seizeTree(pid_t root, const std::function<Status()>& thaw = {});
+  // `moreRoots`: sibling trees dumped together with root's (a container's programs under its init).
+  Status seizeTree(pid_t root, const std::function<Status()>& thaw = {}, const std::vector<pid_t>& moreRoots = {});
   // Holds one process (all its threads, not its children) without waiting for it to stop; used
   // for a container's init while its frozen cgroup is dumped. waitPending() collects the stops.
   Status holdProcess(pid_t pid);

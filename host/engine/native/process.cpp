@@ -95,11 +95,12 @@ Status Seizure::holdProcess(pid_t pid) {
   return success();
 }
 
-Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
+Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw, const std::vector<pid_t>& moreRoots) {
   if (thaw) {
     // Frozen: nothing forks or exits under us, so one walk finds every thread.
     Status walked = success();
     std::vector<pid_t> queue{root};
+    queue.insert(queue.end(), moreRoots.begin(), moreRoots.end());
     while (!queue.empty() && walked.ok()) {
       pid_t p = queue.front();
       queue.erase(queue.begin());
@@ -121,6 +122,7 @@ Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
   for (bool changed = true; changed;) {
     changed = false;
     std::vector<pid_t> queue{root}, seen;
+    queue.insert(queue.end(), moreRoots.begin(), moreRoots.end());
     while (!queue.empty()) {
       pid_t p = queue.front();
       queue.erase(queue.begin());

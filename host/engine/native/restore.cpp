@@ -228,6 +228,14 @@ Status Restorer::run() {
   auto t1 = Clock::now();
   if (c_.tree.procs.empty()) return makeError("image holds no process");
   CRB_CHECK(createRoot(c_.tree.procs[0]));
+  // Sibling trees of the image (parent outside it) are created by the restorer too.
+  pid_t firstRoot = c_.result.rootPid;
+  for (auto& ps : c_.tree.procs)
+    if (&ps != &c_.tree.procs[0] && !c_.find(ps.ppid)) {
+      if (ps.zombie) return makeError(fmt::format("process {} is a zombie without a parent in the image", ps.pid));
+      CRB_CHECK(createRoot(ps));
+    }
+  c_.result.rootPid = firstRoot;
   CRB_CHECK(createTree());
   c_.result.phasesMs["fork"] = msSince(t1);
 
