@@ -90,7 +90,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   } undoGuard{c};
   auto t0 = Clock::now();
   if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
-  CRB_CHECK(seizure.seizeTree(root, opts.thaw));
+  CRB_CHECK(seizure.seizeTree(root, opts.thaw, opts.moreRoots));
   CRB_CHECK(dumpClocks(c, root));  // namespaces.cpp: the clocks the tree stopped at
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);
@@ -119,6 +119,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpFiles(c));
   for (auto& ps : c.tree.procs)
     if (!ps.zombie) CRB_CHECK(dumpMemoryLayout(c, ps.pid, ps));
+  CRB_CHECK(dumpSysvIpc(c));
   c.stats.phasesMs["state"] = msSince(t1);
   if (!c.unsupported.empty()) {
     std::string all;

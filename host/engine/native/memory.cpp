@@ -228,8 +228,7 @@ Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
       c.refuse("special " + where);
       continue;
     } else if (m.path.rfind("/SYSV", 0) == 0) {
-      c.refuse(fmt::format("SysV shm segment 0x{} mapped in pid {}", m.path.substr(5, 8), pid));
-      continue;
+      dumpSysvShmVma(c, pid, m, v);  // sysv_ipc.cpp
     } else if (v.shared && (deleted || m.path.rfind("/memfd:", 0) == 0 || m.path.rfind("/dev/zero", 0) == 0)) {
       v.kind = "shmem";
       std::string src = fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, m.start, m.end);
@@ -412,6 +411,10 @@ Status restoreMemory(RestoreCtx& c, const ProcessState& ps, RawImageReader& page
   // 3. Every mapping at its address with its protection.
   for (auto& v : ps.vmas) {
     if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") continue;
+    if (v.kind == "sysvshm") {
+      CRB_CHECK(restoreSysvShmVma(c, ps.pid, v));  // sysv_ipc.cpp
+      continue;
+    }
     uint64_t flags = 0x100000 /*MAP_FIXED_NOREPLACE*/;
     int64_t fd = -1;
     uint64_t off = 0;
