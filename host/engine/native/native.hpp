@@ -14,7 +14,7 @@
 
 namespace crb::native {
 
-class PreCopySession;  // precopy.hpp
+class MemoryCapture;  // capture.hpp: pre-copy, copy-on-write
 
 struct DumpOptions {
   bool leaveRunning = false;  // detach and let the tree continue after the dump
@@ -32,9 +32,9 @@ struct DumpOptions {
   // Stop-and-copy under a parent outside the tree that crbench holds stopped (a container's
   // init): called while waiting for the killed tree's pids to become free, to make it reap them.
   std::function<void()> reapKilled;
-  // Pre-copy (precopy.hpp): memory was copied in rounds while the tree ran; the dump copies only
-  // what changed since, lets the tree run again and writes the image afterwards (leave-running).
-  PreCopySession* precopy = nullptr;
+  // Pre-copy or copy-on-write (capture.hpp): the dump takes the memory through this, lets the
+  // tree run again as soon as everything is captured and writes the pages afterwards (leave-running).
+  MemoryCapture* capture = nullptr;
 };
 
 struct DumpStats {
