@@ -10,6 +10,8 @@ out=${1:?usage: precopy_bench.sh OUT-DIR [REPEATS] [SCALING-SIZES] [SCALING-REPE
 repeats=${2:-5}
 sizes=${3:-"64 256 4096"}
 srepeats=${4:-2}
+# WARMUP=--no-warmup leaves out the discarded first round (to save time; said in the results)
+warmup=${WARMUP:-}
 crbench=${CRBENCH:-$(dirname "$0")/../build/crbench}
 mkdir -p "$out"
 # No inherited descriptor may reach the workload (the native engine refuses a pipe it cannot restore).
@@ -22,14 +24,15 @@ run() {  # name, then crbench compare arguments
     > "$out/$name.json" 2> "$out/$name.log" || echo "$name: exit $?" >> "$out/commands.txt"
 }
 
-# 1 GiB at 16 MiB/s: native, CRIU (container) and QEMU (TCG VM), every mode each engine has
-# (QEMU's leave-running is its background snapshot), one compare run.
+# 1 GiB at 16 MiB/s: native, CRIU (container) and QEMU (TCG VM) in one compare run: stop-and-copy,
+# pre-copy, copy-on-write (native), post-copy (QEMU), leave-running (QEMU: background snapshot).
 run main memory --engines native criu qemu --runtimes container vm \
-  --param size_mib=1024 --param dirty_mib_s=16 --repeats "$repeats"
+  --modes stop-and-copy pre-copy cow post-copy leave-running \
+  --param size_mib=1024 --param dirty_mib_s=16 --repeats "$repeats" $warmup
 
 # Scaling: memory size at the same dirty rate, fewer repeats (the 1 GiB point is the run above).
 for s in $sizes; do
-  run "scale-$s-container" memory --engines native criu --runtimes container \
+  run "scale-$s-container" memory --engines native criu --runtimes container --modes stop-and-copy pre-copy cow \
     --param size_mib="$s" --param dirty_mib_s=16 --repeats "$srepeats" --no-warmup
   run "scale-$s-vm" memory --engines qemu --runtimes vm --modes stop-and-copy pre-copy leave-running \
     --param size_mib="$s" --param dirty_mib_s=16 --repeats "$srepeats" --no-warmup

@@ -58,6 +58,9 @@ class NativeEngine : public Engine {
     Capabilities c;
     c.runtimes = {RuntimeKind::Container};
     c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy, kCow};
+    c.unsupportedModes[modes::kPostCopy] = "a VM migration mode (the process-level counterpart is lazy restore)";
+    c.unsupportedModes[modes::kBackground] = "the native engine's write-protect based dump is mode cow";
+    c.unsupportedModes[modes::kFileRam] = "a VM mode";
     c.unsupportedModes[modes::kIncremental] = "native engine: incremental images are issue #9";
     c.unsupportedModes[modes::kLazy] = "native engine: lazy restore is issue #9";
     c.versions["native-image-format"] = native::kImageFormatVersion;
