@@ -22,6 +22,7 @@ struct CrOptions {
   bool noSync = false;
   bool detach = false;
   bool json = false;
+  std::vector<std::string> external;
   bool preCopy = false;
   bool cow = false;
   native::PreCopyOptions pc;
@@ -40,6 +41,13 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
   dump->add_flag("--leave-running,-R", o->leaveRunning, "let the tree continue after the dump (default: it is killed)");
   dump->add_flag("--no-sync", o->noSync, "do not fdatasync image files (faster on disks; tmpfs does not care)");
   dump->add_flag("--json", o->json, "print figures as JSON");
+  dump->add_option("--external", o->external,
+                   "accept a connection to outside the tree: unix:<inode> or unix:<name> (a path, or @name for "
+                   "an abstract one) of the outside peer or of the tree's own socket; restore reconnects it by name")
+      ->each([](const std::string& v) {
+        if (v.rfind("unix:", 0) != 0 || v.size() == 5)
+          throw CLI::ValidationError("--external", "'" + v + "': expected unix:<inode> or unix:<name>");
+      });
   dump->add_flag("--pre-copy", o->preCopy,
                  "copy memory in rounds while the tree runs (dirty pages found with userfaultfd write-protect + "
                  "PAGEMAP_SCAN), then freeze briefly for the rest; the tree is left running");
@@ -69,6 +77,7 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       native::DumpOptions opts;
       opts.leaveRunning = o->leaveRunning;
       opts.sync = !o->noSync;
+      opts.external = o->external;
       std::unique_ptr<native::PreCopySession> session;
       std::unique_ptr<native::CowSession> cow;
       if (o->preCopy && o->cow) return reportError(makeError("--pre-copy and --cow exclude each other"));

@@ -84,6 +84,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   Seizure seizure;
   c.seizure = &seizure;
   auto t0 = Clock::now();
+  if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
   CRB_CHECK(seizure.seizeTree(root, opts.thaw));
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);
@@ -145,7 +146,8 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(c.blobs->commit(opts.sync));
   translatePids(c);
   for (auto& ps : c.tree.procs) CRB_CHECK(writeJsonImage(dir, fmt::format("core-{}.img", ps.pid), Json(ps), opts.sync));
-  Json files{{"files", c.tree.files}, {"pipes", c.tree.pipes}, {"shmem", c.tree.shmem}, {"mapped", c.tree.mapped}};
+  Json files{{"files", c.tree.files}, {"pipes", c.tree.pipes}, {"shmem", c.tree.shmem}, {"mapped", c.tree.mapped},
+             {"unix", c.tree.unixSockets}};
   CRB_CHECK(writeJsonImage(dir, "files.img", files, opts.sync));
   utsname u{};
   ::uname(&u);

@@ -1,6 +1,7 @@
 #pragma once
 // Shared between the per-resource files of the native engine: the dump and restore contexts and
 // each resource's dump/restore halves.
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/user.h>
 
@@ -11,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "core/fsutil.hpp"
+#include "engine/native/guardian.hpp"
 #include "engine/native/image.hpp"
 #include "engine/native/native.hpp"
 #include "engine/native/ptrace.hpp"
@@ -29,6 +32,13 @@ struct RemoteProc {
   uint64_t scratch = 0;      // an anonymous page we mapped for injected syscalls' buffers
   std::map<pid_t, user_regs_struct> savedRegs;
   std::set<pid_t> touched;  // threads whose registers we changed
+  // Fault safety (guardian.hpp): before the first register change the process is put in a group
+  // stop and every thread's signals are blocked (so no signal is taken while we inject).
+  bool safe = false;
+  bool masked = false;       // our all-blocked masks are set
+  bool stoppedByUs = false;  // we started the group stop (and end it with SIGCONT)
+  bool wasStopped = false;   // it was in a job-control stop already when seized
+  std::map<pid_t, uint64_t> savedMask;  // original masks while ours are set
 };
 
 // Seizes a process tree with PTRACE_SEIZE + PTRACE_INTERRUPT (kill-safe: if crbench dies the
@@ -49,7 +59,11 @@ class Seizure {
   std::map<pid_t, RemoteProc> procs;      // live processes
   std::set<pid_t> zombies;
   std::map<pid_t, std::vector<StraySignal>> stray;
-  Status prepareInjection(pid_t pid);     // find syscall insn, map the scratch page
+  // The guardian that undoes our changes if we die (started on first use; a container dump shares
+  // the one its agent's Seizure started before freezing).
+  Status useGuardian(std::shared_ptr<Guardian> g = {});
+  std::shared_ptr<Guardian> guardian() const { return guard_; }
+  Status prepareInjection(pid_t pid);     // group stop, block signals, find syscall insn, map the scratch page
   Status finishInjection(pid_t pid);      // unmap the scratch page, put registers back
   Injector injector(pid_t pid, pid_t tid);
   void noteStray(Injector& inj);
@@ -60,6 +74,9 @@ class Seizure {
 
  private:
   Status seizeThread(pid_t pid, pid_t tid, bool wait = true);
+  Status safetyStop(pid_t pid);
+  std::shared_ptr<Guardian> guard_;
+  std::set<pid_t> preStopped_;  // processes in a job-control stop when seized
   Status waitSeized(pid_t pid, pid_t tid);
   std::vector<pid_t> seized_;
   std::vector<std::pair<pid_t, pid_t>> pending_;  // seized and interrupted, stop not yet collected
@@ -139,6 +156,26 @@ Status restoreSignals(RestoreCtx& c, const ProcessState& ps);       // signals.c
 Status restoreThreads(RestoreCtx& c, const ProcessState& ps);       // threads.cpp (create + per-thread)
 Status restoreSignalQueues(RestoreCtx& c, const ProcessState& ps);  // signals.cpp
 Status finishThreads(RestoreCtx& c, const ProcessState& ps);        // threads.cpp: regs, masks, detach
+
+// events.cpp: eventfd, epoll, timerfd, signalfd, inotify.
+bool dumpEventFile(DumpCtx& c, pid_t pid, int fd, const std::string& link, FileDesc& f, const std::string& what);
+bool isEventKind(const std::string& kind);
+Result<int> openEventFile(RestoreCtx& c, const FileDesc& f);
+Status restoreEpollWatches(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
+Result<Fd> grabRemoteFd(pid_t pid, int fd);  // the same open file description, via pidfd_getfd
+// tty.cpp: pty masters/slaves, controlling terminals.
+bool dumpTtyFile(DumpCtx& c, pid_t pid, int fd, const std::string& path, const struct stat& st, FileDesc& f,
+                 const std::string& what);
+void finishTtys(DumpCtx& c);  // end of dumpFiles
+bool isTtyKind(const std::string& kind);
+Result<int> openTtyFile(RestoreCtx& c, const FileDesc& f);
+Status takeControllingTty(RestoreCtx& c, const ProcessState& ps);     // right after setsid
+Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
+// unix_sockets.cpp: per fd (false: not a unix socket), after all fds, and the restore (run in
+// the tree's network and mount namespaces, before the tree is created).
+bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
+Status resolveUnixSockets(DumpCtx& c);
+Status createUnixSockets(RestoreCtx& c);
 
 std::string pathInTree(const std::string& prefix, const std::string& path);
 

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 namespace crb::native {
 
 class MemoryCapture;  // capture.hpp: pre-copy, copy-on-write
+class Guardian;  // guardian.hpp
 
 struct DumpOptions {
   bool leaveRunning = false;  // detach and let the tree continue after the dump
@@ -32,9 +34,14 @@ struct DumpOptions {
   // Stop-and-copy under a parent outside the tree that crbench holds stopped (a container's
   // init): called while waiting for the killed tree's pids to become free, to make it reap them.
   std::function<void()> reapKilled;
+  // Connections to outside the tree the user accepts (`--external unix:<inode or name>`): restored
+  // by connecting to the peer's name again.
+  std::vector<std::string> external;
   // Pre-copy or copy-on-write (capture.hpp): the dump takes the memory through this, lets the
   // tree run again as soon as everything is captured and writes the pages afterwards (leave-running).
   MemoryCapture* capture = nullptr;
+  // A guardian already started (before a container was frozen); one is started if empty.
+  std::shared_ptr<Guardian> guardian;
 };
 
 struct DumpStats {

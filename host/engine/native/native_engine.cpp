@@ -113,17 +113,34 @@ class NativeEngine : public Engine {
         return st.error().context("native engine: pre-copy rounds (the workload was left running)");
       rep.phasesMs["precopy_rounds"] = msSince(tp);
     }
+    // The guardian (guardian.hpp) starts before anything is frozen or seized: if crbench dies
+    // mid-checkpoint it thaws the container and puts back what was changed in the agent and the
+    // workload. One guardian serves the agent's hold and the workload's dump.
+    agentHold_ = std::make_unique<native::Seizure>();
+    agent_ = agent;
+    if (auto st = agentHold_->useGuardian(); !st.ok()) {
+      releaseAgent();
+      return st.error().context("native engine");
+    }
+    auto guard = agentHold_->guardian();
     auto t0 = Clock::now();
-    CRB_CHECK(c->freeze());
+    guard->noteFrozen((c->freezerCgroupDir() / "freezer.state").string());
+    if (auto st = c->freeze(); !st.ok()) {
+      guard->noteThawed();
+      releaseAgent();
+      return st.error();
+    }
     ctx.mark("frozen");
     rep.phasesMs["cgroup_freeze"] = msSince(t0);
     // From here every path thaws: dumpTree thaws once all is seized; the guard covers the rest.
     auto thawIfFrozen = [&] {
       if (c->freezerState() != "THAWED") (void)c->thaw();
+      if (c->freezerState() == "THAWED") guard->noteThawed();
     };
     auto children = native::listChildren(agent);
     if (children.size() != 1) {
       thawIfFrozen();
+      releaseAgent();
       return Error{children.empty() ? "native engine: the agent has no workload process to checkpoint"
                                         : fmt::format("native engine: unsupported: {} workload trees under the agent "
                                                       "(one is supported)", children.size()),
@@ -132,8 +149,6 @@ class NativeEngine : public Engine {
     }
     pid_t root = children[0];
     pid_t rootNs = innermostPid(root);
-    agentHold_ = std::make_unique<native::Seizure>();
-    agent_ = agent;
     if (auto st = agentHold_->holdProcess(agent); !st.ok()) {
       thawIfFrozen();
       releaseAgent();
@@ -167,8 +182,10 @@ class NativeEngine : public Engine {
       CRB_CHECK(agentHold_->waitPending());
       return agentHold_->prepareInjection(agent);
     };
-    o.thaw = [c, &prepared]() -> Status {
+    o.guardian = guard;
+    o.thaw = [c, &prepared, guard]() -> Status {
       CRB_CHECK(c->thaw());
+      guard->noteThawed();
       return prepared();
     };
     auto r = native::dumpTree(root, ctx.imageDir, o);
@@ -213,16 +230,27 @@ class NativeEngine : public Engine {
     if (!agentHold_) {
       // Leave-running: the tree that ran on is replaced. Stop everything, kill the workload, make
       // the held agent reap it.
-      CRB_CHECK(c->freeze());
-      ctx.mark("frozen");
       agentHold_ = std::make_unique<native::Seizure>();
       agent_ = agent;
+      if (auto st = agentHold_->useGuardian(); !st.ok()) {
+        releaseAgent();
+        return st.error().context("native engine");
+      }
+      auto guard = agentHold_->guardian();
+      guard->noteFrozen((c->freezerCgroupDir() / "freezer.state").string());
+      if (auto st = c->freeze(); !st.ok()) {
+        guard->noteThawed();
+        releaseAgent();
+        return st.error();
+      }
+      ctx.mark("frozen");
       Status held = agentHold_->holdProcess(agent);
       auto pids = c->pids();
       if (held.ok() && pids.ok())
         for (pid_t p : *pids)
           if (p != agent) ::kill(p, SIGKILL);
       Status thawed = c->thaw();
+      if (thawed.ok()) guard->noteThawed();
       Status stopped = agentHold_->waitPending();
       Status prep = held.ok() && stopped.ok() ? agentHold_->prepareInjection(agent) : success();
       for (const Status* s : {&held, &thawed, &stopped, &prep})

@@ -182,6 +182,8 @@ Result<std::unique_ptr<PreCopySession>> PreCopySession::start(pid_t root, const 
   auto t0 = Clock::now();
   {
     Seizure z;  // its destructor detaches on every path: the tree runs on
+    // The guardian puts registers back if crbench dies inside an injected syscall (guardian.hpp).
+    CRB_CHECK(z.useGuardian());
     CRB_CHECK(z.seizeTree(root));
     for (pid_t pid : z.order) {
       if (z.zombies.count(pid)) continue;

@@ -50,6 +50,7 @@ Result<TreeState> loadTree(const std::filesystem::path& dir, Json* inventory) {
     t.pipes = f.at("pipes").get<std::vector<PipeObject>>();
     t.shmem = f.at("shmem").get<std::vector<ShmemObject>>();
     t.mapped = f.at("mapped").get<std::vector<MappedFile>>();
+    t.unixSockets = f.value("unix", std::vector<UnixSocket>{});
   } catch (const std::exception& e) {
     return makeError("image " + dir.string() + " has unexpected content: " + e.what(), "dump again");
   }
@@ -167,6 +168,7 @@ Status Restorer::createTree() {
       return sysError(fmt::format("block signals in pid {}", ps.pid), errno);
     if (ps.sid == ps.pid) {
       CRB_CHECK(inj.check("setsid", SYS_setsid));
+      CRB_CHECK(takeControllingTty(c_, ps));  // before its children are cloned: they inherit it
     } else if (ps.pgid == ps.pid) {
       CRB_CHECK(inj.check("setpgid", SYS_setpgid, 0, 0));
     }
@@ -217,6 +219,7 @@ Status Restorer::run() {
   CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
   for (int fd : c_.opts.setnsBeforeTree)
     if (::setns(fd, 0) != 0) return sysError("join the target's namespaces (setns)", errno);
+  CRB_CHECK(createUnixSockets(c_));
   c_.result.phasesMs["prepare"] = msSince(t0);
 
   auto t1 = Clock::now();
@@ -231,6 +234,8 @@ Status Restorer::run() {
     CRB_ASSIGN(auto pages, RawImageReader::open(c_.dir, fmt::format("pages-{}.img", ps.pid)));
     CRB_CHECK(resetInheritedThreadState(c_, ps.pid));
     CRB_CHECK(restoreFdTable(c_, ps));
+    CRB_CHECK(restoreEpollWatches(c_, ps));
+    CRB_CHECK(restoreControllingTty(c_, ps));
     CRB_CHECK(restoreMemory(c_, ps, pages));
     CRB_CHECK(restoreProcessAttrs(c_, ps));
     CRB_CHECK(restoreSignals(c_, ps));
