@@ -8,7 +8,7 @@
 #include <chrono>
 
 #include "engine/native/internal.hpp"
-#include "engine/native/precopy.hpp"
+#include "engine/native/capture.hpp"
 #include "engine/native/procfs.hpp"
 
 namespace crb::native {
@@ -136,17 +136,17 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpFileContents(c));
   CRB_CHECK(dumpShmemObjects(c));
   for (auto& ps : c.tree.procs)
-    if (!ps.zombie) CRB_CHECK(opts.precopy ? opts.precopy->finalCopy(c, ps.pid, ps) : dumpMemoryPages(c, ps.pid, ps));
+    if (!ps.zombie) CRB_CHECK(opts.capture ? opts.capture->frozen(c, ps.pid, ps) : dumpMemoryPages(c, ps.pid, ps));
   c.stats.phasesMs["memdump"] = msSince(t2);
-  if (opts.precopy) {
+  if (opts.capture) {
     // Everything is captured: the tree runs again before a byte of the image is written.
     c.stats.frozenMs = msSince(t0);
     seizure.release();
-    opts.precopy->stopTracking();
+    opts.capture->released();
     opts.mark("resumed");
     auto tw = Clock::now();
     for (auto& ps : c.tree.procs)
-      if (!ps.zombie) CRB_CHECK(opts.precopy->writePages(c, ps.pid, ps));
+      if (!ps.zombie) CRB_CHECK(opts.capture->afterThaw(c, ps.pid, ps));
     c.stats.phasesMs["pages_after_thaw"] = msSince(tw);
   }
   auto t3 = Clock::now();
@@ -168,8 +168,8 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   for (auto& ps : c.tree.procs) inv["pids"].push_back(ps.pid);
   CRB_CHECK(writeJsonImage(dir, "inventory.img", inv, opts.sync));
   c.stats.phasesMs["write"] = msSince(t3);
-  if (opts.precopy) {
-    c.stats.memory = opts.precopy->figures();
+  if (opts.capture) {
+    c.stats.memory = opts.capture->figures();
     return c.stats;
   }
   c.stats.frozenMs = msSince(t0);
