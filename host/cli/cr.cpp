@@ -9,6 +9,8 @@
 #include "core/fsutil.hpp"
 #include "core/json.hpp"
 #include "engine/native/native.hpp"
+#include "engine/native/cow.hpp"
+#include "engine/native/precopy.hpp"
 
 namespace crb {
 namespace {
@@ -21,6 +23,10 @@ struct CrOptions {
   bool detach = false;
   bool json = false;
   std::string freezeCgroup;
+  std::vector<std::string> external;
+  bool preCopy = false;
+  bool cow = false;
+  native::PreCopyOptions pc;
 };
 
 void printPhases(const std::map<std::string, double>& ph) {
@@ -39,6 +45,25 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
   dump->add_option("--freeze-cgroup", o->freezeCgroup,
                    "cgroup v1 freezer directory holding the tree: frozen while every thread is seized (thawed "
                    "before anything is changed, and by crbench's guardian if crbench dies)");
+  dump->add_option("--external", o->external,
+                   "accept a connection to outside the tree: unix:<inode> or unix:<name> (a path, or @name for "
+                   "an abstract one) of the outside peer or of the tree's own socket; restore reconnects it by name")
+      ->each([](const std::string& v) {
+        if (v.rfind("unix:", 0) != 0 || v.size() == 5)
+          throw CLI::ValidationError("--external", "'" + v + "': expected unix:<inode> or unix:<name>");
+      });
+  dump->add_flag("--pre-copy", o->preCopy,
+                 "copy memory in rounds while the tree runs (dirty pages found with userfaultfd write-protect + "
+                 "PAGEMAP_SCAN), then freeze briefly for the rest; the tree is left running");
+  dump->add_flag("--cow", o->cow,
+                 "copy-on-write: freeze, write-protect the memory, let the tree run again at once and copy the "
+                 "pages afterwards (a write first has its old page copied); the tree is left running");
+  dump->add_option("--target-downtime-ms", o->pc.targetDowntimeMs, "pre-copy: stop the rounds when the final copy "
+                   "would take about half this")->check(CLI::Range(0.1, 1e6));
+  dump->add_option("--max-rounds", o->pc.maxRounds, "pre-copy: at most this many rounds after the first")
+      ->check(CLI::Range(0, 1000));
+  dump->add_option("--max-seconds", o->pc.maxSeconds, "pre-copy: at most this long for all rounds")
+      ->check(CLI::Range(0.0, 86400.0));
   auto* restore = app.add_subcommand("restore", "restore a process tree from an image directory");
   restore->add_option("--images,-D", o->images, "image directory")->required();
   restore->add_flag("--detach,-d", o->detach,
@@ -57,6 +82,25 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       opts.leaveRunning = o->leaveRunning;
       opts.sync = !o->noSync;
       opts.freezeCgroup = o->freezeCgroup;
+      opts.external = o->external;
+      std::unique_ptr<native::PreCopySession> session;
+      std::unique_ptr<native::CowSession> cow;
+      if (o->preCopy && o->cow) return reportError(makeError("--pre-copy and --cow exclude each other"));
+      if (o->cow) {
+        cow = std::make_unique<native::CowSession>(o->images);
+        opts.capture = cow.get();
+        opts.leaveRunning = true;
+        o->leaveRunning = true;
+      }
+      if (o->preCopy) {
+        auto s = native::PreCopySession::start(o->tree, o->images, o->pc);
+        if (!s.ok()) return reportError(s.error());
+        session = std::move(*s);
+        if (auto st = session->iterate(); !st.ok()) return reportError(st.error());
+        opts.capture = session.get();
+        opts.leaveRunning = true;
+        o->leaveRunning = true;
+      }
       auto r = native::dumpTree(o->tree, o->images, opts);
       if (!r.ok()) return reportError(r.error());
       if (o->json) {

@@ -8,6 +8,7 @@
 #include <chrono>
 
 #include "engine/native/internal.hpp"
+#include "engine/native/capture.hpp"
 #include "engine/native/procfs.hpp"
 
 namespace crb::native {
@@ -25,7 +26,8 @@ Json DumpStats::toJson() const {
               {"threads", threads},
               {"pages_written", pagesWritten},
               {"bytes_written", bytesWritten},
-              {"frozen_ms", frozenMs}};
+              {"frozen_ms", frozenMs},
+              {"memory", memory}};
 }
 
 // The innermost pid in /proc/<pid>[/task/<tid>]/status NSpid: the pid as the tree sees it.
@@ -81,6 +83,11 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   c.opts = opts;
   Seizure seizure;
   c.seizure = &seizure;
+  // Declared after the seizure, so it runs before the tree is released on any return.
+  struct UndoGuard {
+    DumpCtx& c;
+    ~UndoGuard() { c.runUndo(); }
+  } undoGuard{c};
   auto t0 = Clock::now();
   if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
   std::function<Status()> thaw = opts.thaw;
@@ -116,7 +123,8 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
       return st.error().context("--freeze-cgroup (left thawed)");
     }
   }
-  CRB_CHECK(seizure.seizeTree(root, thaw));
+  CRB_CHECK(seizure.seizeTree(root, thaw, opts.moreRoots));
+  CRB_CHECK(dumpClocks(c, root));  // namespaces.cpp: the clocks the tree stopped at
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);
   auto t1 = Clock::now();
@@ -144,6 +152,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpFiles(c));
   for (auto& ps : c.tree.procs)
     if (!ps.zombie) CRB_CHECK(dumpMemoryLayout(c, ps.pid, ps));
+  CRB_CHECK(dumpSysvIpc(c));
   c.stats.phasesMs["state"] = msSince(t1);
   if (!c.unsupported.empty()) {
     std::string all;
@@ -160,13 +169,25 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpFileContents(c));
   CRB_CHECK(dumpShmemObjects(c));
   for (auto& ps : c.tree.procs)
-    if (!ps.zombie) CRB_CHECK(dumpMemoryPages(c, ps.pid, ps));
+    if (!ps.zombie) CRB_CHECK(opts.capture ? opts.capture->frozen(c, ps.pid, ps) : dumpMemoryPages(c, ps.pid, ps));
   c.stats.phasesMs["memdump"] = msSince(t2);
+  if (opts.capture) {
+    // Everything is captured: the tree runs again before a byte of the image is written.
+    c.stats.frozenMs = msSince(t0);
+    seizure.release();
+    opts.capture->released();
+    opts.mark("resumed");
+    auto tw = Clock::now();
+    for (auto& ps : c.tree.procs)
+      if (!ps.zombie) CRB_CHECK(opts.capture->afterThaw(c, ps.pid, ps));
+    c.stats.phasesMs["pages_after_thaw"] = msSince(tw);
+  }
   auto t3 = Clock::now();
   CRB_CHECK(c.blobs->commit(opts.sync));
   translatePids(c);
   for (auto& ps : c.tree.procs) CRB_CHECK(writeJsonImage(dir, fmt::format("core-{}.img", ps.pid), Json(ps), opts.sync));
-  Json files{{"files", c.tree.files}, {"pipes", c.tree.pipes}, {"shmem", c.tree.shmem}, {"mapped", c.tree.mapped}};
+  Json files{{"files", c.tree.files}, {"pipes", c.tree.pipes}, {"shmem", c.tree.shmem}, {"mapped", c.tree.mapped},
+             {"unix", c.tree.unixSockets}};
   CRB_CHECK(writeJsonImage(dir, "files.img", files, opts.sync));
   utsname u{};
   ::uname(&u);
@@ -180,11 +201,17 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   for (auto& ps : c.tree.procs) inv["pids"].push_back(ps.pid);
   CRB_CHECK(writeJsonImage(dir, "inventory.img", inv, opts.sync));
   c.stats.phasesMs["write"] = msSince(t3);
+  if (opts.capture) {
+    c.stats.memory = opts.capture->figures();
+    return c.stats;
+  }
   c.stats.frozenMs = msSince(t0);
   if (opts.leaveRunning) {
+    c.runUndo();
     seizure.release();
   } else {
     CRB_CHECK(seizure.killAll(opts.reapKilled));
+    c.undo.clear();  // TCP sockets close silently in repair mode; their netfilter rules stay for the restore
   }
   opts.mark("resumed");
   return c.stats;

@@ -1,11 +1,10 @@
 // Files: the fd table of every process and the open file descriptions behind it (shared
 // descriptions stay shared: kcmp(KCMP_FILE)). Regular files (path, flags, offset), deleted files
-// (content carried), directories, /dev/null-like devices, pipes (pipes.cpp), memfd, eventfd, and
+// (content carried), directories, /dev/null-like devices, pipes (pipes.cpp), memfd, event files (events.cpp) and
 // stdio inherited from the restorer. Everything else is refused by name.
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/kcmp.h>
-#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -136,12 +135,7 @@ Status dumpFiles(DumpCtx& c) {
       if (!c.opts.rootPrefix.empty() && path.rfind(c.opts.rootPrefix, 0) == 0) path = path.substr(c.opts.rootPrefix.size());
       bool stdio = fd <= 2;
       if (link.rfind("anon_inode:", 0) == 0) {
-        if (link == "anon_inode:[eventfd]") {
-          f.kind = "eventfd";
-          f.count = std::strtoull(info["eventfd-count"].c_str(), nullptr, 16);
-          if (info.count("eventfd-semaphore") && info["eventfd-semaphore"] != "0")
-            c.refuse("semaphore-mode eventfd, " + what);
-        } else {
+        if (!dumpEventFile(c, ps.pid, fd, link, f, what)) {
           c.refuse(what);
           continue;
         }
@@ -192,6 +186,10 @@ Status dumpFiles(DumpCtx& c) {
           p.writerInTree = true;
         }
         if (!c.pipeAny.count(pid)) c.pipeAny[pid] = {ps.pid, fd};
+      } else if (dumpInetSocket(c, ps.pid, fd, st, f, what)) {
+      } else if (dumpTtyFile(c, ps.pid, fd, path, st, f, what)) {
+      } else if (S_ISSOCK(st.st_mode) && dumpUnixSocketFd(c, ps.pid, fd, f, what)) {
+        // unix_sockets.cpp
       } else if (stdio && (S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode))) {
         f.kind = "stdio";
         f.stdioFd = fd;
@@ -227,6 +225,8 @@ Status dumpFiles(DumpCtx& c) {
       }
     p.readerInTree = p.writerInTree = false;  // nothing to carry for it
   }
+  finishTtys(c);
+  CRB_CHECK(resolveUnixSockets(c));
   return success();
 }
 
@@ -288,6 +288,8 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
     // blobs.img order is pipes, deleted files, shmem: memfd descriptions come in a second pass,
     // after the shmem objects exist.
     if ((f.kind == "memfd") != memfdPass) continue;
+    if (c.fileFds.count(f.id)) continue;  // opened early with another (a pty master with its slave)
+    if (f.kind == "unix" || f.kind == "netlink") continue;  // createUnixSockets(), in the tree's namespaces
     std::string what = f.kind + " " + f.path;
     int fd = -1;
     int openFlags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
@@ -321,13 +323,12 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
       fd = ::open(fmt::format("/proc/self/fd/{}", c.shmemFds.at(f.object)).c_str(), openFlags);
       if (fd < 0) return sysError("reopen memfd", errno);
       ::lseek(fd, off_t(f.pos), SEEK_SET);
-    } else if (f.kind == "eventfd") {
-      fd = ::eventfd(unsigned(f.count), f.flags & (EFD_NONBLOCK));
-      if (fd < 0) return sysError("create eventfd", errno);
-      if (f.count > UINT_MAX) {
-        uint64_t rest = f.count - UINT_MAX;
-        (void)!::write(fd, &rest, 8);
-      }
+    } else if (isEventKind(f.kind)) {
+      CRB_ASSIGN(fd, openEventFile(c, f));
+    } else if (isInetKind(f.kind)) {
+      CRB_ASSIGN(fd, openInetSocket(c, f));
+    } else if (isTtyKind(f.kind)) {
+      CRB_ASSIGN(fd, openTtyFile(c, f));
     } else if (f.kind == "stdio") {
       fd = ::fcntl(f.stdioFd, F_DUPFD, c.fdBase);
       if (fd < 0) return sysError(fmt::format("inherit crbench's fd {} for the tree's stdio", f.stdioFd), errno);

@@ -1,6 +1,7 @@
 #pragma once
 // Shared between the per-resource files of the native engine: the dump and restore contexts and
 // each resource's dump/restore halves.
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/user.h>
 
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fsutil.hpp"
 #include "engine/native/guardian.hpp"
 #include "engine/native/image.hpp"
 #include "engine/native/native.hpp"
@@ -48,7 +50,8 @@ class Seizure {
   // With `thaw` (a container): called while the tree's cgroup is frozen; every thread is seized
   // and interrupted while frozen, then thaw() lets each run straight into its ptrace stop, so no
   // thread runs user code between the first and the last seize. thaw() is always called.
-  Status seizeTree(pid_t root, const std::function<Status()>& thaw = {});
+  // `moreRoots`: sibling trees dumped together with root's (a container's programs under its init).
+  Status seizeTree(pid_t root, const std::function<Status()>& thaw = {}, const std::vector<pid_t>& moreRoots = {});
   // Holds one process (all its threads, not its children) without waiting for it to stop; used
   // for a container's init while its frozen cgroup is dumped. waitPending() collects the stops.
   Status holdProcess(pid_t pid);
@@ -100,6 +103,13 @@ struct DumpCtx {
   }
   int shmemFor(uint64_t dev, uint64_t ino, uint64_t size, const std::string& name, const std::string& source);
   void refuse(const std::string& what) { unsupported.push_back("unsupported: " + what); }
+  // What the dump changed in the tree's kernel objects (TCP repair mode, netfilter rules), put
+  // back before the tree runs again; dropped when the dump ends by killing the tree.
+  std::vector<std::function<void()>> undo;
+  void runUndo() {
+    for (auto it = undo.rbegin(); it != undo.rend(); ++it) (*it)();
+    undo.clear();
+  }
   ProcessState& proc(pid_t pid);
 };
 
@@ -111,6 +121,8 @@ Status dumpPipeData(DumpCtx& c);                                    // pipes.cpp
 Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps);  // memory.cpp: which pages
 Status dumpMemoryPages(DumpCtx& c, pid_t pid, ProcessState& ps);   // memory.cpp: copy pages
 Status dumpShmemObjects(DumpCtx& c);                                // memory.cpp
+// Pages of [start, end) of a process holding data (present or swapped, not the zero page).
+Result<std::vector<PageRun>> scanDataPages(pid_t pid, uint64_t start, uint64_t end, bool anonOnly);  // memory.cpp
 
 // ---------------------------------------------------------------- restore side
 constexpr uint64_t kBootSize = 64 * 1024;  // code page + scratch, mapped at the same address everywhere
@@ -152,6 +164,46 @@ Status restoreSignals(RestoreCtx& c, const ProcessState& ps);       // signals.c
 Status restoreThreads(RestoreCtx& c, const ProcessState& ps);       // threads.cpp (create + per-thread)
 Status restoreSignalQueues(RestoreCtx& c, const ProcessState& ps);  // signals.cpp
 Status finishThreads(RestoreCtx& c, const ProcessState& ps);        // threads.cpp: regs, masks, detach
+
+// events.cpp: eventfd, epoll, timerfd, signalfd, inotify.
+bool dumpEventFile(DumpCtx& c, pid_t pid, int fd, const std::string& link, FileDesc& f, const std::string& what);
+bool isEventKind(const std::string& kind);
+Result<int> openEventFile(RestoreCtx& c, const FileDesc& f);
+Status restoreEpollWatches(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
+Result<Fd> grabRemoteFd(pid_t pid, int fd);  // the same open file description, via pidfd_getfd
+// tty.cpp: pty masters/slaves, controlling terminals.
+bool dumpTtyFile(DumpCtx& c, pid_t pid, int fd, const std::string& path, const struct stat& st, FileDesc& f,
+                 const std::string& what);
+void finishTtys(DumpCtx& c);  // end of dumpFiles
+bool isTtyKind(const std::string& kind);
+Result<int> openTtyFile(RestoreCtx& c, const FileDesc& f);
+Status takeControllingTty(RestoreCtx& c, const ProcessState& ps);     // right after setsid
+Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
+// unix_sockets.cpp: per fd (false: not a unix socket), after all fds, and the restore (run in
+// the tree's network and mount namespaces, before the tree is created).
+bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
+Status resolveUnixSockets(DumpCtx& c);
+Status createUnixSockets(RestoreCtx& c);
+// inet_sockets.cpp: UDP, TCP listen/established (TCP_REPAIR, netfilter lock).
+bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDesc& f, const std::string& what);
+bool isInetKind(const std::string& kind);
+Result<int> openInetSocket(RestoreCtx& c, const FileDesc& f);
+Status finishInetSockets(RestoreCtx& c);  // before the tree is released: TCP leaves repair mode
+Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath);  // after a restore
+// namespaces.cpp: the tree's clocks (time namespace).
+Status dumpClocks(DumpCtx& c, pid_t root);  // right after the seize
+Status enterTimeNamespace(RestoreCtx& c);   // before the root is cloned
+
+// sysv_ipc.cpp: a /SYSV mapping (memory.cpp), the objects (after the memory layout), and the
+// restore: prepare before the restorer changes namespaces, objects after, attaches per process,
+// finish at the end (ok or not).
+struct MapsLine;
+bool dumpSysvShmVma(DumpCtx& c, pid_t pid, const MapsLine& m, Vma& v);
+Status dumpSysvIpc(DumpCtx& c);
+Status prepareSysvIpc(RestoreCtx& c);
+Status restoreSysvIpc(RestoreCtx& c);
+Status restoreSysvShmVma(RestoreCtx& c, pid_t pid, const Vma& v);
+void finishSysvIpc(RestoreCtx& c, bool ok);
 
 std::string pathInTree(const std::string& prefix, const std::string& path);
 

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "engine/native/internal.hpp"
+#include "engine/native/capture.hpp"
 #include "engine/native/procfs.hpp"
 
 namespace crb::native {
@@ -258,8 +259,9 @@ Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
     v.path = m.path;
     v.vmflags = m.vmflags;
     std::string where = fmt::format("mapping {:#x}-{:#x} {} of pid {}", m.start, m.end, m.path, pid);
+    bool ourWp = c.opts.capture && c.opts.capture->ownsRegistration(pid, m.start, m.end);  // pre-copy's / COW's own
     for (const char* f : {"um", "uw", "ui"})
-      if (hasFlag(m.vmflags, f)) c.refuse("userfaultfd-registered " + where);
+      if (hasFlag(m.vmflags, f) && !(ourWp && f[1] == 'w')) c.refuse("userfaultfd-registered " + where);
     bool special = m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]";
     if (!special && (hasFlag(m.vmflags, "io") || hasFlag(m.vmflags, "pf"))) c.refuse("device (I/O) " + where);
     if (hasFlag(m.vmflags, "lo")) c.refuse("mlock()ed " + where);
@@ -272,8 +274,7 @@ Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
       c.refuse("special " + where);
       continue;
     } else if (m.path.rfind("/SYSV", 0) == 0) {
-      c.refuse(fmt::format("SysV shm segment 0x{} mapped in pid {}", m.path.substr(5, 8), pid));
-      continue;
+      dumpSysvShmVma(c, pid, m, v);  // sysv_ipc.cpp
     } else if (v.shared && (deleted || m.path.rfind("/memfd:", 0) == 0 || m.path.rfind("/dev/zero", 0) == 0)) {
       v.kind = "shmem";
       std::string src = fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, m.start, m.end);
@@ -470,6 +471,10 @@ Status restoreMemory(RestoreCtx& c, const ProcessState& ps, RawImageReader& page
   // 3. Every mapping at its address with its protection.
   for (auto& v : ps.vmas) {
     if (v.kind == "vdso" || v.kind == "vvar" || v.kind == "vvar_vclock") continue;
+    if (v.kind == "sysvshm") {
+      CRB_CHECK(restoreSysvShmVma(c, ps.pid, v));  // sysv_ipc.cpp
+      continue;
+    }
     uint64_t flags = 0x100000 /*MAP_FIXED_NOREPLACE*/;
     int64_t fd = -1;
     uint64_t off = 0;
@@ -517,6 +522,11 @@ Status restoreMemory(RestoreCtx& c, const ProcessState& ps, RawImageReader& page
       }
     }
   return pages.verifyComplete();
+}
+
+Result<std::vector<PageRun>> scanDataPages(pid_t pid, uint64_t start, uint64_t end, bool anonOnly) {
+  PageScanner s(pid);
+  return s.scan(start, end, anonOnly);
 }
 
 }  // namespace crb::native

@@ -15,6 +15,7 @@
 
 namespace crb::native {
 
+class MemoryCapture;  // capture.hpp: pre-copy, copy-on-write
 class Guardian;  // guardian.hpp
 
 struct DumpOptions {
@@ -33,6 +34,15 @@ struct DumpOptions {
   // Stop-and-copy under a parent outside the tree that crbench holds stopped (a container's
   // init): called while waiting for the killed tree's pids to become free, to make it reap them.
   std::function<void()> reapKilled;
+  // Connections to outside the tree the user accepts (`--external unix:<inode or name>`): restored
+  // by connecting to the peer's name again.
+  std::vector<std::string> external;
+  // Sibling trees dumped with the root's into one image (a container's programs, each a child of
+  // its init): restored as siblings, each created by the restorer.
+  std::vector<pid_t> moreRoots;
+  // Pre-copy or copy-on-write (capture.hpp): the dump takes the memory through this, lets the
+  // tree run again as soon as everything is captured and writes the pages afterwards (leave-running).
+  MemoryCapture* capture = nullptr;
   // A guardian already started (before a container was frozen); one is started if empty.
   std::shared_ptr<Guardian> guardian;
   // A cgroup v1 freezer directory holding the tree (`crbench cr dump --freeze-cgroup`): frozen
@@ -44,6 +54,7 @@ struct DumpStats {
   std::map<std::string, double> phasesMs;
   uint64_t processes = 0, threads = 0, pagesWritten = 0, pagesSkippedZero = 0, bytesWritten = 0;
   double frozenMs = 0;
+  Json memory = Json::object();  // pre-copy: tracking method, per-round figures (precopy.cpp)
   Json toJson() const;
 };
 

@@ -26,11 +26,17 @@
 #include "engine/engine.hpp"
 #include "engine/native/internal.hpp"
 #include "engine/native/native.hpp"
+#include "engine/native/cow.hpp"
+#include "engine/native/precopy.hpp"
 #include "engine/native/procfs.hpp"
 #include "runtime/container.hpp"
 
 namespace crb {
 namespace {
+
+// Copy-on-write dump (issue #9): the tree runs again right after the freeze, pages are copied
+// after the thaw (a write first has its old page copied). Not a canonical mode name elsewhere.
+constexpr const char* kCow = "cow";
 
 using Clock = std::chrono::steady_clock;
 double msSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
@@ -51,8 +57,10 @@ class NativeEngine : public Engine {
   Capabilities capabilities() override {
     Capabilities c;
     c.runtimes = {RuntimeKind::Container};
-    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning};
-    c.unsupportedModes[modes::kPreCopy] = "native engine: iterative pre-copy is issue #9";
+    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy, kCow};
+    c.unsupportedModes[modes::kPostCopy] = "a VM migration mode (the process-level counterpart is lazy restore)";
+    c.unsupportedModes[modes::kBackground] = "the native engine's write-protect based dump is mode cow";
+    c.unsupportedModes[modes::kFileRam] = "a VM mode";
     c.unsupportedModes[modes::kIncremental] = "native engine: incremental images are issue #9";
     c.unsupportedModes[modes::kLazy] = "native engine: lazy restore is issue #9";
     c.versions["native-image-format"] = native::kImageFormatVersion;
@@ -63,12 +71,48 @@ class NativeEngine : public Engine {
   Result<PhaseReport> checkpoint(Sandbox& sandbox, const CheckpointContext& ctx) override {
     auto* c = dynamic_cast<ContainerSandbox*>(&sandbox);
     if (!c) return makeError("the native engine works on containers only");
-    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning)
-      return makeError("native engine: mode " + ctx.mode + " is not supported", "modes: stop-and-copy, leave-running", 3);
+    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning && ctx.mode != modes::kPreCopy &&
+        ctx.mode != kCow)
+      return makeError("native engine: mode " + ctx.mode + " is not supported",
+                       "modes: stop-and-copy, leave-running, pre-copy, cow", 3);
     releaseAgent();
-    bool leave = ctx.mode == modes::kLeaveRunning;
+    bool precopy = ctx.mode == modes::kPreCopy;
+    bool cowMode = ctx.mode == kCow;
+    bool leave = ctx.mode == modes::kLeaveRunning || precopy || cowMode;
     pid_t agent = c->initPid();
     PhaseReport rep;
+    // Pre-copy: rounds while everything runs; the freeze below is the short final round. The tree
+    // (and the agent answering the prober) runs again as soon as the final round has captured it.
+    std::unique_ptr<native::PreCopySession> session;
+    auto tp = Clock::now();
+    if (precopy) {
+      auto kids = native::listChildren(agent);
+      if (kids.size() != 1)
+        return makeError(fmt::format("native engine: pre-copy needs exactly one workload tree under the agent, found {}",
+                                     kids.size()), "", kids.empty() ? 1 : kUnsupportedExitCode);
+      native::PreCopyOptions po;
+      for (auto [key, field] : {std::pair{"target_downtime_ms", &po.targetDowntimeMs},
+                                std::pair{"max_seconds", &po.maxSeconds}, std::pair{"min_shrink", &po.minShrink}}) {
+        if (!ctx.options.contains(key)) continue;
+        try {
+          *field = std::stod(ctx.options[key].is_string() ? ctx.options[key].get<std::string>()
+                                                           : ctx.options[key].dump());
+        } catch (...) {
+          return makeError(fmt::format("native engine: option {} is not a number", key), "e.g. --engine-opt "
+                           "target_downtime_ms=10");
+        }
+      }
+      if (ctx.options.contains("max_rounds")) {
+        auto v = ctx.options["max_rounds"];
+        po.maxRounds = v.is_string() ? std::atoi(v.get<std::string>().c_str()) : v.get<int>();
+      }
+      auto s = native::PreCopySession::start(kids[0], ctx.imageDir, po);
+      if (!s.ok()) return s.error().context("native engine: pre-copy set-up (the workload was left running)");
+      session = std::move(*s);
+      if (auto st = session->iterate(); !st.ok())
+        return st.error().context("native engine: pre-copy rounds (the workload was left running)");
+      rep.phasesMs["precopy_rounds"] = msSince(tp);
+    }
     // The guardian (guardian.hpp) starts before anything is frozen or seized: if crbench dies
     // mid-checkpoint it thaws the container and puts back what was changed in the agent and the
     // workload. One guardian serves the agent's hold and the workload's dump.
@@ -94,12 +138,14 @@ class NativeEngine : public Engine {
       if (c->freezerState() == "THAWED") guard->noteThawed();
     };
     auto children = native::listChildren(agent);
-    if (children.size() != 1) {
+    // Every program the agent started is a tree of its own: all of them go into one image (the
+    // agent, their parent, is held, not dumped). Pre-copy tracks one tree only.
+    if (children.empty() || (precopy && children.size() != 1)) {
       thawIfFrozen();
       releaseAgent();
       return Error{children.empty() ? "native engine: the agent has no workload process to checkpoint"
-                                        : fmt::format("native engine: unsupported: {} workload trees under the agent "
-                                                      "(one is supported)", children.size()),
+                                        : fmt::format("native engine: unsupported: pre-copy of {} workload trees under "
+                                                      "the agent (one is supported)", children.size()),
                        "the workload's programs are checkpointed as one tree: start one program that starts the rest",
                    children.empty() ? 1 : kUnsupportedExitCode};
     }
@@ -113,10 +159,24 @@ class NativeEngine : public Engine {
     native::DumpOptions o;
     o.leaveRunning = leave;
     o.nsReference = agent;
+    o.moreRoots.assign(children.begin() + 1, children.end());
     o.rootPrefix = c->rootDir().string();
     o.reapKilled = [this] { reapAgentZombies(); };
     // The agent is still held when dumpTree releases or kills the tree: marks come from here.
     o.mark = [](const std::string&) {};
+    bool resumedMarked = false;
+    std::unique_ptr<native::CowSession> cow;
+    if (cowMode) cow = std::make_unique<native::CowSession>(ctx.imageDir);
+    if (precopy || cowMode) {
+      o.capture = precopy ? static_cast<native::MemoryCapture*>(session.get()) : cow.get();
+      // Pre-copy, COW: the workload runs again before the image is written; so does the agent.
+      o.mark = [&](const std::string& e) {
+        if (e != "resumed") return;
+        releaseAgent();
+        ctx.mark("resumed");
+        resumedMarked = true;
+      };
+    }
     // The agent's stop is collected before the kill so the reap hook can inject into it.
     bool agentReady = false;
     auto prepared = [&]() -> Status {
@@ -135,7 +195,7 @@ class NativeEngine : public Engine {
     thawIfFrozen();
     if (!r.ok()) {
       releaseAgent();
-      ctx.mark("resumed");
+      if (!resumedMarked) ctx.mark("resumed");
       Error e = r.error().context(fmt::format("native engine: dump of the workload tree {} (the agent and the workload "
                                               "were left running)", root));
       // The dump refuses what it cannot save with "unsupported: <object>": a refusal, not a fault.
@@ -156,8 +216,9 @@ class NativeEngine : public Engine {
         "prober's sockets, was held stopped with the workload and not dumped");
     if (leave) {
       releaseAgent();
-      ctx.mark("resumed");
+      if (!resumedMarked) ctx.mark("resumed");
     }
+    if (precopy) rep.phasesMs["checkpoint_total_with_rounds"] = msSince(tp);
     // Stop-and-copy: the agent stays stopped until the restore has recreated the workload.
     rep.phasesMs["checkpoint_total"] = msSince(t0);
     return rep;
@@ -203,8 +264,13 @@ class NativeEngine : public Engine {
       auto deadline = Clock::now() + std::chrono::seconds(5);
       for (;;) {
         reapAgentZombies();
+        // Gone from the cgroup is not enough: a dead child stays a zombie (holding its pid, which
+        // the restore needs) until the held agent has been made to reap it.
+        bool left = false;
+        if (pids.ok())
+          for (pid_t p : *pids) left = left || (p != agent && ::kill(p, 0) == 0);
         auto now = c->pids();
-        if (now.ok() && now->size() <= 1) break;
+        if (now.ok() && now->size() <= 1 && !left) break;
         if (Clock::now() > deadline) {
           releaseAgent();
           return makeError("native engine: the workload that ran on did not go away within 5 s");

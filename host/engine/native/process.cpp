@@ -111,7 +111,7 @@ Status Seizure::holdProcess(pid_t pid) {
   return success();
 }
 
-Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
+Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw, const std::vector<pid_t>& moreRoots) {
   if (auto g = useGuardian(); !g.ok()) {
     if (thaw) (void)thaw();
     return g;
@@ -120,6 +120,7 @@ Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
     // Frozen: nothing forks or exits under us, so one walk finds every thread.
     Status walked = success();
     std::vector<pid_t> queue{root};
+    queue.insert(queue.end(), moreRoots.begin(), moreRoots.end());
     while (!queue.empty() && walked.ok()) {
       pid_t p = queue.front();
       queue.erase(queue.begin());
@@ -142,6 +143,7 @@ Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
   for (bool changed = true; changed;) {
     changed = false;
     std::vector<pid_t> queue{root}, seen;
+    queue.insert(queue.end(), moreRoots.begin(), moreRoots.end());
     while (!queue.empty()) {
       pid_t p = queue.front();
       queue.erase(queue.begin());
@@ -185,6 +187,8 @@ static Result<uint64_t> findSyscallInsn(pid_t pid) {
 
 Injector Seizure::injector(pid_t pid, pid_t tid) {
   auto& rp = procs.at(pid);
+  // An injection after finishInjection() (the group stop still holds): record the original again.
+  if (guard_ && rp.safe && rp.savedRegs.count(tid)) (void)guard_->noteRegs(pid, tid, rp.savedRegs.at(tid));
   rp.touched.insert(tid);
   return Injector(tid, rp.syscallInsn);
 }
@@ -362,8 +366,7 @@ Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps) {
   for (auto x : numbers(st["Groups"])) ps.groups.push_back(uint32_t(x));
   ps.umask = unsigned(std::stoul(st.count("Umask") ? st["Umask"] : "022", nullptr, 8));
   if (st["Seccomp"] != "0") c.refuse(fmt::format("seccomp filter in process {}", pid));
-  if (std::stol(stat[7]) != 0 && ps.sid == pid)
-    c.refuse(fmt::format("controlling terminal of session leader {}", pid));
+  // A session leader's controlling terminal: tty.cpp (finishTtys).
   CRB_ASSIGN(auto pers, readProc(pid, "personality"));
   ps.personality = parseHex(pers);
   CRB_ASSIGN(ps.cwd, readLink(fmt::format("/proc/{}/cwd", pid)));
@@ -379,9 +382,15 @@ Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps) {
   }
   if (ps.cwd.find(" (deleted)") != std::string::npos)
     c.refuse(fmt::format("process {} has a deleted working directory", pid));
-  for (const char* ns : {"mnt", "net", "ipc", "uts", "pid", "user", "cgroup", "time"}) {
+  // The time namespace is namespaces.cpp's (a restored tree has one of its own).
+  for (const char* ns : {"mnt", "net", "ipc", "uts", "pid", "user", "cgroup"}) {
     auto mine = readLink(fmt::format("/proc/{}/ns/{}", c.opts.nsReference ? c.opts.nsReference : ::getpid(), ns));
     auto theirs = readLink(fmt::format("/proc/{}/ns/{}", pid, ns));
+    // An IPC namespace the whole tree shares is carried (sysv_ipc.cpp).
+    if (std::string(ns) == "ipc" && theirs.ok() && c.seizure && !c.seizure->order.empty() &&
+        readLink(fmt::format("/proc/{}/ns/ipc", c.seizure->order[0])).ok() &&
+        *readLink(fmt::format("/proc/{}/ns/ipc", c.seizure->order[0])) == *theirs)
+      continue;
     if (mine.ok() && theirs.ok() && *mine != *theirs)
       c.refuse(fmt::format("process {} in its own {} namespace ({})", pid, ns, *theirs));
   }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/json.hpp"
+#include "engine/native/unix_sockets.hpp"
 
 namespace crb::native {
 
@@ -74,12 +75,14 @@ struct ProcessState {
   std::vector<ThreadState> threads;        // threads[0] is the main thread
   std::vector<FdEntry> fds;
   std::vector<Vma> vmas;
+  int ctty = -1;     // session leaders: FileDesc id of the controlling terminal (tty.cpp)
+  pid_t ttyPgrp = 0;  // its foreground process group
 };
 
 // One open file description (shared by every fd, in any process, that refers to it).
 struct FileDesc {
   int id = 0;
-  // reg | dir | dev | deleted (content in blobs) | pipe | memfd | eventfd | stdio (inherited from
+  // reg | dir | dev | deleted (content in blobs) | pipe | memfd | eventfd | epoll | timerfd | signalfd | inotify | stdio (inherited from
   // the restorer: an external pipe/tty/socket at fd 0-2)
   std::string kind;
   std::string path;
@@ -94,6 +97,8 @@ struct FileDesc {
   // reg/dir of a container's process that lives outside its root (e.g. the log file the runtime
   // opened on the host and gave it as stdout): `path` is a host path, opened as such on restore.
   bool outsideRoot = false;
+  // Kind-specific state kept by the file that owns the kind (events.cpp, tty.cpp, inet_sockets.cpp).
+  Json detail;
 };
 
 struct PipeObject {
@@ -127,6 +132,7 @@ struct TreeState {
   std::vector<PipeObject> pipes;    // blobs.img order: pipes, then deleted files, then shmem
   std::vector<ShmemObject> shmem;
   std::vector<MappedFile> mapped;
+  std::vector<UnixSocket> unixSockets;  // unix_sockets.cpp
 };
 
 void to_json(Json& j, const PageRun& v);
