@@ -13,7 +13,7 @@ import pytest
 
 from conftest import crbench_bin
 
-PROGS = ["tp_unix_pair", "tp_unix_named", "tp_sysv_shm", "tp_sysv_ipc"]
+PROGS = ["tp_unix_pair", "tp_unix_named", "tp_sysv_shm", "tp_sysv_ipc", "tp_posixmq"]
 
 
 def need_root():
@@ -99,11 +99,13 @@ def test_unix_queues_survive_leave_running(tmp_path):
     assert r.returncode == 0 and "PASS" in log.read_text(), r.stderr + log.read_text()
 
 
-def test_sysv_queues_survive_leave_running(tmp_path):
-    """Messages are copied out (MSG_COPY), not received: the original still finds them."""
+@pytest.mark.parametrize("name", ["tp_sysv_ipc", "tp_posixmq"])
+def test_queues_survive_leave_running(name, tmp_path):
+    """SysV messages are copied out (MSG_COPY); POSIX ones received and sent back in order: either
+    way the original still finds all of them, with their types or priorities."""
     need_root()
     go = tmp_path / "go"
-    p, log = start([prog("tp_sysv_ipc"), str(go)], tmp_path)
+    p, log = start([prog(name), str(go)], tmp_path)
     d = cr("dump", "--leave-running", "--tree", p.pid, "--images", tmp_path / "img")
     assert d.returncode == 0, d.stderr
     go.touch()

@@ -162,6 +162,10 @@ Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after r
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
 Status resolveUnixSockets(DumpCtx& c);
 Status createUnixSockets(RestoreCtx& c);
+void resetLocalSockets(const DumpCtx& c);  // first thing of dumpFiles
+// posix_mq.cpp: an mq_open() descriptor (false: not one), and the queues' restore (after setns).
+bool dumpPosixMqFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& link, const std::string& what);
+Status restorePosixMqueues(RestoreCtx& c);
 
 // sysv_ipc.cpp: a /SYSV mapping (memory.cpp), the objects (after the memory layout), and the
 // restore: prepare before the restorer changes namespaces, objects after, attaches per process,
