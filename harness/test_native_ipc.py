@@ -42,11 +42,31 @@ def wait_for(path, text, timeout=20):
     raise AssertionError(f"{path} never showed {text!r}: {path.read_text() if path.exists() else ''}")
 
 
+STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """A test that fails midway must not leave its program (or a restored copy) waiting forever."""
+    yield
+    while STARTED:
+        p = STARTED.pop()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def start(argv, tmp_path):
     log = tmp_path / "out.log"
     with open(log, "w") as f:
         p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True, close_fds=True)
+    STARTED.append(p)
     wait_for(log, "READY")
     return p, log
 

@@ -166,6 +166,10 @@ void resetLocalSockets(const DumpCtx& c);  // first thing of dumpFiles
 // posix_mq.cpp: an mq_open() descriptor (false: not one), and the queues' restore (after setns).
 bool dumpPosixMqFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& link, const std::string& what);
 Status restorePosixMqueues(RestoreCtx& c);
+// A shared mapping of a /dev/shm file whose mapped name was unlinked but which is linked under
+// another name (sem_open's temporary file): mapped by that name, so it stays shared with it.
+struct MapsLine;
+void liveDevShmName(const DumpCtx& c, pid_t pid, MapsLine& m, Vma& v, bool& deleted);
 
 // sysv_ipc.cpp: a /SYSV mapping (memory.cpp), the objects (after the memory layout), and the
 // restore: prepare before the restorer changes namespaces, objects after, attaches per process,

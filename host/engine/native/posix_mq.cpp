@@ -24,6 +24,8 @@
 #include "engine/native/internal.hpp"
 #include "engine/native/procfs.hpp"
 
+#include <filesystem>
+
 namespace crb::native {
 
 namespace {
@@ -132,6 +134,24 @@ Status restorePosixMqueues(RestoreCtx& c) {
   for (auto& [name, deleted] : ready)
     if (deleted && ::mq_unlink(name.c_str()) != 0) return sysError("unlink POSIX message queue " + name + " again", errno);
   return success();
+}
+
+void liveDevShmName(const DumpCtx& c, pid_t pid, MapsLine& m, Vma& v, bool& deleted) {
+  std::string p = m.path.substr(0, m.path.size() - 10);
+  if (!c.opts.rootPrefix.empty() && p.rfind(c.opts.rootPrefix, 0) == 0) p = p.substr(c.opts.rootPrefix.size());
+  if (p.rfind("/dev/shm/", 0) != 0) return;
+  struct stat st {};
+  if (::stat(fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, m.start, m.end).c_str(), &st) != 0 || st.st_nlink == 0) return;
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator(c.opts.rootPrefix + "/dev/shm", ec)) {
+    struct stat o {};
+    if (::lstat(e.path().c_str(), &o) == 0 && o.st_ino == st.st_ino && o.st_dev == st.st_dev && S_ISREG(o.st_mode)) {
+      m.path = c.opts.rootPrefix + "/dev/shm/" + e.path().filename().string();
+      v.path = m.path;
+      deleted = false;
+      return;
+    }
+  }
 }
 
 void forgetPosixMqDump(const DumpCtx& c) { gCarried.erase(&c); }  // called by resetLocalSockets()
