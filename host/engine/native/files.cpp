@@ -189,6 +189,7 @@ Status dumpFiles(DumpCtx& c) {
           p.writerInTree = true;
         }
         if (!c.pipeAny.count(pid)) c.pipeAny[pid] = {ps.pid, fd};
+      } else if (dumpInetSocket(c, ps.pid, fd, st, f, what)) {
       } else if (dumpTtyFile(c, ps.pid, fd, path, st, f, what)) {
       } else if (S_ISSOCK(st.st_mode) && dumpUnixSocketFd(c, ps.pid, fd, f, what)) {
         // unix_sockets.cpp
@@ -327,6 +328,8 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
       ::lseek(fd, off_t(f.pos), SEEK_SET);
     } else if (isEventKind(f.kind)) {
       CRB_ASSIGN(fd, openEventFile(c, f));
+    } else if (isInetKind(f.kind)) {
+      CRB_ASSIGN(fd, openInetSocket(c, f));
     } else if (isTtyKind(f.kind)) {
       CRB_ASSIGN(fd, openTtyFile(c, f));
     } else if (f.kind == "stdio") {

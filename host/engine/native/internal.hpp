@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/fsutil.hpp"
+#include "engine/native/guardian.hpp"
 #include "engine/native/image.hpp"
 #include "engine/native/native.hpp"
 #include "engine/native/ptrace.hpp"
@@ -31,6 +32,13 @@ struct RemoteProc {
   uint64_t scratch = 0;      // an anonymous page we mapped for injected syscalls' buffers
   std::map<pid_t, user_regs_struct> savedRegs;
   std::set<pid_t> touched;  // threads whose registers we changed
+  // Fault safety (guardian.hpp): before the first register change the process is put in a group
+  // stop and every thread's signals are blocked (so no signal is taken while we inject).
+  bool safe = false;
+  bool masked = false;       // our all-blocked masks are set
+  bool stoppedByUs = false;  // we started the group stop (and end it with SIGCONT)
+  bool wasStopped = false;   // it was in a job-control stop already when seized
+  std::map<pid_t, uint64_t> savedMask;  // original masks while ours are set
 };
 
 // Seizes a process tree with PTRACE_SEIZE + PTRACE_INTERRUPT (kill-safe: if crbench dies the
@@ -52,7 +60,11 @@ class Seizure {
   std::map<pid_t, RemoteProc> procs;      // live processes
   std::set<pid_t> zombies;
   std::map<pid_t, std::vector<StraySignal>> stray;
-  Status prepareInjection(pid_t pid);     // find syscall insn, map the scratch page
+  // The guardian that undoes our changes if we die (started on first use; a container dump shares
+  // the one its agent's Seizure started before freezing).
+  Status useGuardian(std::shared_ptr<Guardian> g = {});
+  std::shared_ptr<Guardian> guardian() const { return guard_; }
+  Status prepareInjection(pid_t pid);     // group stop, block signals, find syscall insn, map the scratch page
   Status finishInjection(pid_t pid);      // unmap the scratch page, put registers back
   Injector injector(pid_t pid, pid_t tid);
   void noteStray(Injector& inj);
@@ -63,6 +75,9 @@ class Seizure {
 
  private:
   Status seizeThread(pid_t pid, pid_t tid, bool wait = true);
+  Status safetyStop(pid_t pid);
+  std::shared_ptr<Guardian> guard_;
+  std::set<pid_t> preStopped_;  // processes in a job-control stop when seized
   Status waitSeized(pid_t pid, pid_t tid);
   std::vector<pid_t> seized_;
   std::vector<std::pair<pid_t, pid_t>> pending_;  // seized and interrupted, stop not yet collected
@@ -88,6 +103,13 @@ struct DumpCtx {
   }
   int shmemFor(uint64_t dev, uint64_t ino, uint64_t size, const std::string& name, const std::string& source);
   void refuse(const std::string& what) { unsupported.push_back("unsupported: " + what); }
+  // What the dump changed in the tree's kernel objects (TCP repair mode, netfilter rules), put
+  // back before the tree runs again; dropped when the dump ends by killing the tree.
+  std::vector<std::function<void()>> undo;
+  void runUndo() {
+    for (auto it = undo.rbegin(); it != undo.rend(); ++it) (*it)();
+    undo.clear();
+  }
   ProcessState& proc(pid_t pid);
 };
 
@@ -170,6 +192,15 @@ Status restorePosixMqueues(RestoreCtx& c);
 // another name (sem_open's temporary file): mapped by that name, so it stays shared with it.
 struct MapsLine;
 void liveDevShmName(const DumpCtx& c, pid_t pid, MapsLine& m, Vma& v, bool& deleted);
+// inet_sockets.cpp: UDP, TCP listen/established (TCP_REPAIR, netfilter lock).
+bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDesc& f, const std::string& what);
+bool isInetKind(const std::string& kind);
+Result<int> openInetSocket(RestoreCtx& c, const FileDesc& f);
+Status finishInetSockets(RestoreCtx& c);  // before the tree is released: TCP leaves repair mode
+Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath);  // after a restore
+// namespaces.cpp: the tree's clocks (time namespace).
+Status dumpClocks(DumpCtx& c, pid_t root);  // right after the seize
+Status enterTimeNamespace(RestoreCtx& c);   // before the root is cloned
 
 // sysv_ipc.cpp: a /SYSV mapping (memory.cpp), the objects (after the memory layout), and the
 // restore: prepare before the restorer changes namespaces, objects after, attaches per process,

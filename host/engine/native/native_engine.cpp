@@ -26,12 +26,17 @@
 #include "engine/engine.hpp"
 #include "engine/native/internal.hpp"
 #include "engine/native/native.hpp"
+#include "engine/native/cow.hpp"
 #include "engine/native/precopy.hpp"
 #include "engine/native/procfs.hpp"
 #include "runtime/container.hpp"
 
 namespace crb {
 namespace {
+
+// Copy-on-write dump (issue #9): the tree runs again right after the freeze, pages are copied
+// after the thaw (a write first has its old page copied). Not a canonical mode name elsewhere.
+constexpr const char* kCow = "cow";
 
 using Clock = std::chrono::steady_clock;
 double msSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
@@ -52,7 +57,10 @@ class NativeEngine : public Engine {
   Capabilities capabilities() override {
     Capabilities c;
     c.runtimes = {RuntimeKind::Container};
-    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy};
+    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy, kCow};
+    c.unsupportedModes[modes::kPostCopy] = "a VM migration mode (the process-level counterpart is lazy restore)";
+    c.unsupportedModes[modes::kBackground] = "the native engine's write-protect based dump is mode cow";
+    c.unsupportedModes[modes::kFileRam] = "a VM mode";
     c.unsupportedModes[modes::kIncremental] = "native engine: incremental images are issue #9";
     c.unsupportedModes[modes::kLazy] = "native engine: lazy restore is issue #9";
     c.versions["native-image-format"] = native::kImageFormatVersion;
@@ -63,12 +71,14 @@ class NativeEngine : public Engine {
   Result<PhaseReport> checkpoint(Sandbox& sandbox, const CheckpointContext& ctx) override {
     auto* c = dynamic_cast<ContainerSandbox*>(&sandbox);
     if (!c) return makeError("the native engine works on containers only");
-    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning && ctx.mode != modes::kPreCopy)
+    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning && ctx.mode != modes::kPreCopy &&
+        ctx.mode != kCow)
       return makeError("native engine: mode " + ctx.mode + " is not supported",
-                       "modes: stop-and-copy, leave-running, pre-copy", 3);
+                       "modes: stop-and-copy, leave-running, pre-copy, cow", 3);
     releaseAgent();
     bool precopy = ctx.mode == modes::kPreCopy;
-    bool leave = ctx.mode == modes::kLeaveRunning || precopy;
+    bool cowMode = ctx.mode == kCow;
+    bool leave = ctx.mode == modes::kLeaveRunning || precopy || cowMode;
     pid_t agent = c->initPid();
     PhaseReport rep;
     // Pre-copy: rounds while everything runs; the freeze below is the short final round. The tree
@@ -103,19 +113,36 @@ class NativeEngine : public Engine {
         return st.error().context("native engine: pre-copy rounds (the workload was left running)");
       rep.phasesMs["precopy_rounds"] = msSince(tp);
     }
+    // The guardian (guardian.hpp) starts before anything is frozen or seized: if crbench dies
+    // mid-checkpoint it thaws the container and puts back what was changed in the agent and the
+    // workload. One guardian serves the agent's hold and the workload's dump.
+    agentHold_ = std::make_unique<native::Seizure>();
+    agent_ = agent;
+    if (auto st = agentHold_->useGuardian(); !st.ok()) {
+      releaseAgent();
+      return st.error().context("native engine");
+    }
+    auto guard = agentHold_->guardian();
     auto t0 = Clock::now();
-    CRB_CHECK(c->freeze());
+    guard->noteFrozen((c->freezerCgroupDir() / "freezer.state").string());
+    if (auto st = c->freeze(); !st.ok()) {
+      guard->noteThawed();
+      releaseAgent();
+      return st.error();
+    }
     ctx.mark("frozen");
     rep.phasesMs["cgroup_freeze"] = msSince(t0);
     // From here every path thaws: dumpTree thaws once all is seized; the guard covers the rest.
     auto thawIfFrozen = [&] {
       if (c->freezerState() != "THAWED") (void)c->thaw();
+      if (c->freezerState() == "THAWED") guard->noteThawed();
     };
     auto children = native::listChildren(agent);
     // Every program the agent started is a tree of its own: all of them go into one image (the
     // agent, their parent, is held, not dumped). Pre-copy tracks one tree only.
     if (children.empty() || (precopy && children.size() != 1)) {
       thawIfFrozen();
+      releaseAgent();
       return Error{children.empty() ? "native engine: the agent has no workload process to checkpoint"
                                         : fmt::format("native engine: unsupported: pre-copy of {} workload trees under "
                                                       "the agent (one is supported)", children.size()),
@@ -124,8 +151,6 @@ class NativeEngine : public Engine {
     }
     pid_t root = children[0];
     pid_t rootNs = innermostPid(root);
-    agentHold_ = std::make_unique<native::Seizure>();
-    agent_ = agent;
     if (auto st = agentHold_->holdProcess(agent); !st.ok()) {
       thawIfFrozen();
       releaseAgent();
@@ -140,9 +165,11 @@ class NativeEngine : public Engine {
     // The agent is still held when dumpTree releases or kills the tree: marks come from here.
     o.mark = [](const std::string&) {};
     bool resumedMarked = false;
-    if (precopy) {
-      o.precopy = session.get();
-      // Pre-copy: the workload runs again before the image is written; so does the agent.
+    std::unique_ptr<native::CowSession> cow;
+    if (cowMode) cow = std::make_unique<native::CowSession>(ctx.imageDir);
+    if (precopy || cowMode) {
+      o.capture = precopy ? static_cast<native::MemoryCapture*>(session.get()) : cow.get();
+      // Pre-copy, COW: the workload runs again before the image is written; so does the agent.
       o.mark = [&](const std::string& e) {
         if (e != "resumed") return;
         releaseAgent();
@@ -158,8 +185,10 @@ class NativeEngine : public Engine {
       CRB_CHECK(agentHold_->waitPending());
       return agentHold_->prepareInjection(agent);
     };
-    o.thaw = [c, &prepared]() -> Status {
+    o.guardian = guard;
+    o.thaw = [c, &prepared, guard]() -> Status {
       CRB_CHECK(c->thaw());
+      guard->noteThawed();
       return prepared();
     };
     auto r = native::dumpTree(root, ctx.imageDir, o);
@@ -204,16 +233,27 @@ class NativeEngine : public Engine {
     if (!agentHold_) {
       // Leave-running: the tree that ran on is replaced. Stop everything, kill the workload, make
       // the held agent reap it.
-      CRB_CHECK(c->freeze());
-      ctx.mark("frozen");
       agentHold_ = std::make_unique<native::Seizure>();
       agent_ = agent;
+      if (auto st = agentHold_->useGuardian(); !st.ok()) {
+        releaseAgent();
+        return st.error().context("native engine");
+      }
+      auto guard = agentHold_->guardian();
+      guard->noteFrozen((c->freezerCgroupDir() / "freezer.state").string());
+      if (auto st = c->freeze(); !st.ok()) {
+        guard->noteThawed();
+        releaseAgent();
+        return st.error();
+      }
+      ctx.mark("frozen");
       Status held = agentHold_->holdProcess(agent);
       auto pids = c->pids();
       if (held.ok() && pids.ok())
         for (pid_t p : *pids)
           if (p != agent) ::kill(p, SIGKILL);
       Status thawed = c->thaw();
+      if (thawed.ok()) guard->noteThawed();
       Status stopped = agentHold_->waitPending();
       Status prep = held.ok() && stopped.ok() ? agentHold_->prepareInjection(agent) : success();
       for (const Status* s : {&held, &thawed, &stopped, &prep})
