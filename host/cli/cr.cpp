@@ -9,6 +9,7 @@
 #include "core/fsutil.hpp"
 #include "core/json.hpp"
 #include "engine/native/native.hpp"
+#include "engine/native/precopy.hpp"
 
 namespace crb {
 namespace {
@@ -20,6 +21,9 @@ struct CrOptions {
   bool noSync = false;
   bool detach = false;
   bool json = false;
+  std::vector<std::string> external;
+  bool preCopy = false;
+  native::PreCopyOptions pc;
 };
 
 void printPhases(const std::map<std::string, double>& ph) {
@@ -35,6 +39,22 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
   dump->add_flag("--leave-running,-R", o->leaveRunning, "let the tree continue after the dump (default: it is killed)");
   dump->add_flag("--no-sync", o->noSync, "do not fdatasync image files (faster on disks; tmpfs does not care)");
   dump->add_flag("--json", o->json, "print figures as JSON");
+  dump->add_option("--external", o->external,
+                   "accept a connection to outside the tree: unix:<inode> or unix:<name> (a path, or @name for "
+                   "an abstract one) of the outside peer or of the tree's own socket; restore reconnects it by name")
+      ->each([](const std::string& v) {
+        if (v.rfind("unix:", 0) != 0 || v.size() == 5)
+          throw CLI::ValidationError("--external", "'" + v + "': expected unix:<inode> or unix:<name>");
+      });
+  dump->add_flag("--pre-copy", o->preCopy,
+                 "copy memory in rounds while the tree runs (dirty pages found with userfaultfd write-protect + "
+                 "PAGEMAP_SCAN), then freeze briefly for the rest; the tree is left running");
+  dump->add_option("--target-downtime-ms", o->pc.targetDowntimeMs, "pre-copy: stop the rounds when the final copy "
+                   "would take about half this")->check(CLI::Range(0.1, 1e6));
+  dump->add_option("--max-rounds", o->pc.maxRounds, "pre-copy: at most this many rounds after the first")
+      ->check(CLI::Range(0, 1000));
+  dump->add_option("--max-seconds", o->pc.maxSeconds, "pre-copy: at most this long for all rounds")
+      ->check(CLI::Range(0.0, 86400.0));
   auto* restore = app.add_subcommand("restore", "restore a process tree from an image directory");
   restore->add_option("--images,-D", o->images, "image directory")->required();
   restore->add_flag("--detach,-d", o->detach,
@@ -52,6 +72,17 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       native::DumpOptions opts;
       opts.leaveRunning = o->leaveRunning;
       opts.sync = !o->noSync;
+      opts.external = o->external;
+      std::unique_ptr<native::PreCopySession> session;
+      if (o->preCopy) {
+        auto s = native::PreCopySession::start(o->tree, o->images, o->pc);
+        if (!s.ok()) return reportError(s.error());
+        session = std::move(*s);
+        if (auto st = session->iterate(); !st.ok()) return reportError(st.error());
+        opts.precopy = session.get();
+        opts.leaveRunning = true;
+        o->leaveRunning = true;
+      }
       auto r = native::dumpTree(o->tree, o->images, opts);
       if (!r.ok()) return reportError(r.error());
       if (o->json) {

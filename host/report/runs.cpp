@@ -65,6 +65,7 @@ RunView viewRun(const Json& rec, const std::string& file) {
   if (rec.contains("compare") && rec["compare"].is_object()) v.warmup = rec["compare"].value("warmup", false);
   v.downtimeMs = num(rec, {"downtime_ms"});
   v.checkpointMs = num(rec, {"timings_ms", "checkpoint"});
+  v.checkpointDowntimeMs = num(rec, {"checkpoint_downtime_ms"});
   v.restoreMs = num(rec, {"timings_ms", "restore"});
   v.firstReplyMs = num(rec, {"timings_ms", "first_reply_after_restore"});
   v.imageBytes = num(rec, {"image", "apparent_bytes"});
@@ -80,6 +81,7 @@ RunView viewRun(const Json& rec, const std::string& file) {
   if (v.status != "ok") {
     v.downtimeMs.reset();
     v.firstReplyMs.reset();
+    v.checkpointDowntimeMs.reset();
   }
   return v;
 }
@@ -87,6 +89,8 @@ RunView viewRun(const Json& rec, const std::string& file) {
 const std::vector<Metric>& reportMetrics() {
   static const std::vector<Metric> m = {
       {"downtime_ms", "Downtime (probe reply gap)", "ms", 1, [](const RunView& r) { return r.downtimeMs; }},
+      {"checkpoint_downtime_ms", "Checkpoint downtime (probe gap during the checkpoint)", "ms", 1,
+       [](const RunView& r) { return r.checkpointDowntimeMs; }},
       {"checkpoint_ms", "Checkpoint time", "ms", 1, [](const RunView& r) { return r.checkpointMs; }},
       {"restore_ms", "Restore time", "ms", 1, [](const RunView& r) { return r.restoreMs; }},
       {"first_reply_ms", "First probe reply after restore", "ms", 1, [](const RunView& r) { return r.firstReplyMs; }},

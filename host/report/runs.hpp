@@ -25,6 +25,7 @@ struct RunView {
   std::string error, errorPhase;
   bool warmup = false;  // a compare warm-up run: kept in results, left out of statistics
   std::optional<double> downtimeMs, checkpointMs, restoreMs, firstReplyMs;
+  std::optional<double> checkpointDowntimeMs;  // probe gap overlapping the checkpoint only
   std::optional<double> imageBytes, imageAllocatedBytes;
   std::optional<double> engineCpuSeconds;  // checkpoint + restore, engine helpers and our thread
   std::string fidelityVerdict;             // pass | fail | none

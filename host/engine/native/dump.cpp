@@ -8,6 +8,7 @@
 #include <chrono>
 
 #include "engine/native/internal.hpp"
+#include "engine/native/precopy.hpp"
 #include "engine/native/procfs.hpp"
 
 namespace crb::native {
@@ -25,7 +26,8 @@ Json DumpStats::toJson() const {
               {"threads", threads},
               {"pages_written", pagesWritten},
               {"bytes_written", bytesWritten},
-              {"frozen_ms", frozenMs}};
+              {"frozen_ms", frozenMs},
+              {"memory", memory}};
 }
 
 // The innermost pid in /proc/<pid>[/task/<tid>]/status NSpid: the pid as the tree sees it.
@@ -87,6 +89,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
     ~UndoGuard() { c.runUndo(); }
   } undoGuard{c};
   auto t0 = Clock::now();
+  if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
   CRB_CHECK(seizure.seizeTree(root, opts.thaw));
   CRB_CHECK(dumpClocks(c, root));  // namespaces.cpp: the clocks the tree stopped at
   opts.mark("frozen");
@@ -132,13 +135,25 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpFileContents(c));
   CRB_CHECK(dumpShmemObjects(c));
   for (auto& ps : c.tree.procs)
-    if (!ps.zombie) CRB_CHECK(dumpMemoryPages(c, ps.pid, ps));
+    if (!ps.zombie) CRB_CHECK(opts.precopy ? opts.precopy->finalCopy(c, ps.pid, ps) : dumpMemoryPages(c, ps.pid, ps));
   c.stats.phasesMs["memdump"] = msSince(t2);
+  if (opts.precopy) {
+    // Everything is captured: the tree runs again before a byte of the image is written.
+    c.stats.frozenMs = msSince(t0);
+    seizure.release();
+    opts.precopy->stopTracking();
+    opts.mark("resumed");
+    auto tw = Clock::now();
+    for (auto& ps : c.tree.procs)
+      if (!ps.zombie) CRB_CHECK(opts.precopy->writePages(c, ps.pid, ps));
+    c.stats.phasesMs["pages_after_thaw"] = msSince(tw);
+  }
   auto t3 = Clock::now();
   CRB_CHECK(c.blobs->commit(opts.sync));
   translatePids(c);
   for (auto& ps : c.tree.procs) CRB_CHECK(writeJsonImage(dir, fmt::format("core-{}.img", ps.pid), Json(ps), opts.sync));
-  Json files{{"files", c.tree.files}, {"pipes", c.tree.pipes}, {"shmem", c.tree.shmem}, {"mapped", c.tree.mapped}};
+  Json files{{"files", c.tree.files}, {"pipes", c.tree.pipes}, {"shmem", c.tree.shmem}, {"mapped", c.tree.mapped},
+             {"unix", c.tree.unixSockets}};
   CRB_CHECK(writeJsonImage(dir, "files.img", files, opts.sync));
   utsname u{};
   ::uname(&u);
@@ -152,6 +167,10 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   for (auto& ps : c.tree.procs) inv["pids"].push_back(ps.pid);
   CRB_CHECK(writeJsonImage(dir, "inventory.img", inv, opts.sync));
   c.stats.phasesMs["write"] = msSince(t3);
+  if (opts.precopy) {
+    c.stats.memory = opts.precopy->figures();
+    return c.stats;
+  }
   c.stats.frozenMs = msSince(t0);
   if (opts.leaveRunning) {
     c.runUndo();

@@ -188,6 +188,8 @@ Status dumpFiles(DumpCtx& c) {
         if (!c.pipeAny.count(pid)) c.pipeAny[pid] = {ps.pid, fd};
       } else if (dumpInetSocket(c, ps.pid, fd, st, f, what)) {
       } else if (dumpTtyFile(c, ps.pid, fd, path, st, f, what)) {
+      } else if (S_ISSOCK(st.st_mode) && dumpUnixSocketFd(c, ps.pid, fd, f, what)) {
+        // unix_sockets.cpp
       } else if (stdio && (S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode))) {
         f.kind = "stdio";
         f.stdioFd = fd;
@@ -224,6 +226,7 @@ Status dumpFiles(DumpCtx& c) {
     p.readerInTree = p.writerInTree = false;  // nothing to carry for it
   }
   finishTtys(c);
+  CRB_CHECK(resolveUnixSockets(c));
   return success();
 }
 
@@ -286,6 +289,7 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
     // after the shmem objects exist.
     if ((f.kind == "memfd") != memfdPass) continue;
     if (c.fileFds.count(f.id)) continue;  // opened early with another (a pty master with its slave)
+    if (f.kind == "unix") continue;  // createUnixSockets(), once in the tree's namespaces
     std::string what = f.kind + " " + f.path;
     int fd = -1;
     int openFlags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/fsutil.hpp"
+#include "engine/native/guardian.hpp"
 #include "engine/native/image.hpp"
 #include "engine/native/native.hpp"
 #include "engine/native/ptrace.hpp"
@@ -31,6 +32,13 @@ struct RemoteProc {
   uint64_t scratch = 0;      // an anonymous page we mapped for injected syscalls' buffers
   std::map<pid_t, user_regs_struct> savedRegs;
   std::set<pid_t> touched;  // threads whose registers we changed
+  // Fault safety (guardian.hpp): before the first register change the process is put in a group
+  // stop and every thread's signals are blocked (so no signal is taken while we inject).
+  bool safe = false;
+  bool masked = false;       // our all-blocked masks are set
+  bool stoppedByUs = false;  // we started the group stop (and end it with SIGCONT)
+  bool wasStopped = false;   // it was in a job-control stop already when seized
+  std::map<pid_t, uint64_t> savedMask;  // original masks while ours are set
 };
 
 // Seizes a process tree with PTRACE_SEIZE + PTRACE_INTERRUPT (kill-safe: if crbench dies the
@@ -51,7 +59,11 @@ class Seizure {
   std::map<pid_t, RemoteProc> procs;      // live processes
   std::set<pid_t> zombies;
   std::map<pid_t, std::vector<StraySignal>> stray;
-  Status prepareInjection(pid_t pid);     // find syscall insn, map the scratch page
+  // The guardian that undoes our changes if we die (started on first use; a container dump shares
+  // the one its agent's Seizure started before freezing).
+  Status useGuardian(std::shared_ptr<Guardian> g = {});
+  std::shared_ptr<Guardian> guardian() const { return guard_; }
+  Status prepareInjection(pid_t pid);     // group stop, block signals, find syscall insn, map the scratch page
   Status finishInjection(pid_t pid);      // unmap the scratch page, put registers back
   Injector injector(pid_t pid, pid_t tid);
   void noteStray(Injector& inj);
@@ -62,6 +74,9 @@ class Seizure {
 
  private:
   Status seizeThread(pid_t pid, pid_t tid, bool wait = true);
+  Status safetyStop(pid_t pid);
+  std::shared_ptr<Guardian> guard_;
+  std::set<pid_t> preStopped_;  // processes in a job-control stop when seized
   Status waitSeized(pid_t pid, pid_t tid);
   std::vector<pid_t> seized_;
   std::vector<std::pair<pid_t, pid_t>> pending_;  // seized and interrupted, stop not yet collected
@@ -105,6 +120,8 @@ Status dumpPipeData(DumpCtx& c);                                    // pipes.cpp
 Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps);  // memory.cpp: which pages
 Status dumpMemoryPages(DumpCtx& c, pid_t pid, ProcessState& ps);   // memory.cpp: copy pages
 Status dumpShmemObjects(DumpCtx& c);                                // memory.cpp
+// Pages of [start, end) of a process holding data (present or swapped, not the zero page).
+Result<std::vector<PageRun>> scanDataPages(pid_t pid, uint64_t start, uint64_t end, bool anonOnly);  // memory.cpp
 
 // ---------------------------------------------------------------- restore side
 constexpr uint64_t kBootSize = 64 * 1024;  // code page + scratch, mapped at the same address everywhere
@@ -170,6 +187,11 @@ Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath);  
 // namespaces.cpp: the tree's clocks (time namespace).
 Status dumpClocks(DumpCtx& c, pid_t root);  // right after the seize
 Status enterTimeNamespace(RestoreCtx& c);   // before the root is cloned
+// unix_sockets.cpp: per fd (false: not a unix socket), after all fds, and the restore (run in
+// the tree's network and mount namespaces, before the tree is created).
+bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
+Status resolveUnixSockets(DumpCtx& c);
+Status createUnixSockets(RestoreCtx& c);
 
 std::string pathInTree(const std::string& prefix, const std::string& path);
 

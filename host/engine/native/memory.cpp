@@ -19,6 +19,7 @@
 #include <future>
 
 #include "engine/native/internal.hpp"
+#include "engine/native/precopy.hpp"
 #include "engine/native/procfs.hpp"
 
 namespace crb::native {
@@ -196,6 +197,8 @@ int DumpCtx::shmemFor(uint64_t dev, uint64_t ino, uint64_t size, const std::stri
   return o.id;
 }
 
+static bool precopyTracks(DumpCtx& c, pid_t pid, uint64_t start, uint64_t end);
+
 Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
   CRB_ASSIGN(auto maps, readMaps(pid, true));
   PageScanner scanner(pid);
@@ -210,8 +213,9 @@ Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
     v.path = m.path;
     v.vmflags = m.vmflags;
     std::string where = fmt::format("mapping {:#x}-{:#x} {} of pid {}", m.start, m.end, m.path, pid);
+    bool ourWp = c.opts.precopy && precopyTracks(c, pid, m.start, m.end);  // pre-copy's own registration
     for (const char* f : {"um", "uw", "ui"})
-      if (hasFlag(m.vmflags, f)) c.refuse("userfaultfd-registered " + where);
+      if (hasFlag(m.vmflags, f) && !(ourWp && f[1] == 'w')) c.refuse("userfaultfd-registered " + where);
     bool special = m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]";
     if (!special && (hasFlag(m.vmflags, "io") || hasFlag(m.vmflags, "pf"))) c.refuse("device (I/O) " + where);
     if (hasFlag(m.vmflags, "lo")) c.refuse("mlock()ed " + where);
@@ -455,6 +459,15 @@ Status restoreMemory(RestoreCtx& c, const ProcessState& ps, RawImageReader& page
       }
     }
   return pages.verifyComplete();
+}
+
+Result<std::vector<PageRun>> scanDataPages(pid_t pid, uint64_t start, uint64_t end, bool anonOnly) {
+  PageScanner s(pid);
+  return s.scan(start, end, anonOnly);
+}
+
+static bool precopyTracks(DumpCtx& c, pid_t pid, uint64_t start, uint64_t end) {
+  return c.opts.precopy->tracks(pid, start, end);
 }
 
 }  // namespace crb::native

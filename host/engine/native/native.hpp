@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,9 @@
 #include "core/result.hpp"
 
 namespace crb::native {
+
+class PreCopySession;  // precopy.hpp
+class Guardian;  // guardian.hpp
 
 struct DumpOptions {
   bool leaveRunning = false;  // detach and let the tree continue after the dump
@@ -30,12 +34,21 @@ struct DumpOptions {
   // Stop-and-copy under a parent outside the tree that crbench holds stopped (a container's
   // init): called while waiting for the killed tree's pids to become free, to make it reap them.
   std::function<void()> reapKilled;
+  // Connections to outside the tree the user accepts (`--external unix:<inode or name>`): restored
+  // by connecting to the peer's name again.
+  std::vector<std::string> external;
+  // Pre-copy (precopy.hpp): memory was copied in rounds while the tree ran; the dump copies only
+  // what changed since, lets the tree run again and writes the image afterwards (leave-running).
+  PreCopySession* precopy = nullptr;
+  // A guardian already started (before a container was frozen); one is started if empty.
+  std::shared_ptr<Guardian> guardian;
 };
 
 struct DumpStats {
   std::map<std::string, double> phasesMs;
   uint64_t processes = 0, threads = 0, pagesWritten = 0, pagesSkippedZero = 0, bytesWritten = 0;
   double frozenMs = 0;
+  Json memory = Json::object();  // pre-copy: tracking method, per-round figures (precopy.cpp)
   Json toJson() const;
 };
 

@@ -26,6 +26,7 @@
 #include "engine/engine.hpp"
 #include "engine/native/internal.hpp"
 #include "engine/native/native.hpp"
+#include "engine/native/precopy.hpp"
 #include "engine/native/procfs.hpp"
 #include "runtime/container.hpp"
 
@@ -51,8 +52,7 @@ class NativeEngine : public Engine {
   Capabilities capabilities() override {
     Capabilities c;
     c.runtimes = {RuntimeKind::Container};
-    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning};
-    c.unsupportedModes[modes::kPreCopy] = "native engine: iterative pre-copy is issue #9";
+    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy};
     c.unsupportedModes[modes::kIncremental] = "native engine: incremental images are issue #9";
     c.unsupportedModes[modes::kLazy] = "native engine: lazy restore is issue #9";
     c.versions["native-image-format"] = native::kImageFormatVersion;
@@ -63,23 +63,74 @@ class NativeEngine : public Engine {
   Result<PhaseReport> checkpoint(Sandbox& sandbox, const CheckpointContext& ctx) override {
     auto* c = dynamic_cast<ContainerSandbox*>(&sandbox);
     if (!c) return makeError("the native engine works on containers only");
-    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning)
-      return makeError("native engine: mode " + ctx.mode + " is not supported", "modes: stop-and-copy, leave-running", 3);
+    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning && ctx.mode != modes::kPreCopy)
+      return makeError("native engine: mode " + ctx.mode + " is not supported",
+                       "modes: stop-and-copy, leave-running, pre-copy", 3);
     releaseAgent();
-    bool leave = ctx.mode == modes::kLeaveRunning;
+    bool precopy = ctx.mode == modes::kPreCopy;
+    bool leave = ctx.mode == modes::kLeaveRunning || precopy;
     pid_t agent = c->initPid();
     PhaseReport rep;
+    // Pre-copy: rounds while everything runs; the freeze below is the short final round. The tree
+    // (and the agent answering the prober) runs again as soon as the final round has captured it.
+    std::unique_ptr<native::PreCopySession> session;
+    auto tp = Clock::now();
+    if (precopy) {
+      auto kids = native::listChildren(agent);
+      if (kids.size() != 1)
+        return makeError(fmt::format("native engine: pre-copy needs exactly one workload tree under the agent, found {}",
+                                     kids.size()), "", kids.empty() ? 1 : kUnsupportedExitCode);
+      native::PreCopyOptions po;
+      for (auto [key, field] : {std::pair{"target_downtime_ms", &po.targetDowntimeMs},
+                                std::pair{"max_seconds", &po.maxSeconds}, std::pair{"min_shrink", &po.minShrink}}) {
+        if (!ctx.options.contains(key)) continue;
+        try {
+          *field = std::stod(ctx.options[key].is_string() ? ctx.options[key].get<std::string>()
+                                                           : ctx.options[key].dump());
+        } catch (...) {
+          return makeError(fmt::format("native engine: option {} is not a number", key), "e.g. --engine-opt "
+                           "target_downtime_ms=10");
+        }
+      }
+      if (ctx.options.contains("max_rounds")) {
+        auto v = ctx.options["max_rounds"];
+        po.maxRounds = v.is_string() ? std::atoi(v.get<std::string>().c_str()) : v.get<int>();
+      }
+      auto s = native::PreCopySession::start(kids[0], ctx.imageDir, po);
+      if (!s.ok()) return s.error().context("native engine: pre-copy set-up (the workload was left running)");
+      session = std::move(*s);
+      if (auto st = session->iterate(); !st.ok())
+        return st.error().context("native engine: pre-copy rounds (the workload was left running)");
+      rep.phasesMs["precopy_rounds"] = msSince(tp);
+    }
+    // The guardian (guardian.hpp) starts before anything is frozen or seized: if crbench dies
+    // mid-checkpoint it thaws the container and puts back what was changed in the agent and the
+    // workload. One guardian serves the agent's hold and the workload's dump.
+    agentHold_ = std::make_unique<native::Seizure>();
+    agent_ = agent;
+    if (auto st = agentHold_->useGuardian(); !st.ok()) {
+      releaseAgent();
+      return st.error().context("native engine");
+    }
+    auto guard = agentHold_->guardian();
     auto t0 = Clock::now();
-    CRB_CHECK(c->freeze());
+    guard->noteFrozen((c->freezerCgroupDir() / "freezer.state").string());
+    if (auto st = c->freeze(); !st.ok()) {
+      guard->noteThawed();
+      releaseAgent();
+      return st.error();
+    }
     ctx.mark("frozen");
     rep.phasesMs["cgroup_freeze"] = msSince(t0);
     // From here every path thaws: dumpTree thaws once all is seized; the guard covers the rest.
     auto thawIfFrozen = [&] {
       if (c->freezerState() != "THAWED") (void)c->thaw();
+      if (c->freezerState() == "THAWED") guard->noteThawed();
     };
     auto children = native::listChildren(agent);
     if (children.size() != 1) {
       thawIfFrozen();
+      releaseAgent();
       return Error{children.empty() ? "native engine: the agent has no workload process to checkpoint"
                                         : fmt::format("native engine: unsupported: {} workload trees under the agent "
                                                       "(one is supported)", children.size()),
@@ -88,8 +139,6 @@ class NativeEngine : public Engine {
     }
     pid_t root = children[0];
     pid_t rootNs = innermostPid(root);
-    agentHold_ = std::make_unique<native::Seizure>();
-    agent_ = agent;
     if (auto st = agentHold_->holdProcess(agent); !st.ok()) {
       thawIfFrozen();
       releaseAgent();
@@ -102,6 +151,17 @@ class NativeEngine : public Engine {
     o.reapKilled = [this] { reapAgentZombies(); };
     // The agent is still held when dumpTree releases or kills the tree: marks come from here.
     o.mark = [](const std::string&) {};
+    bool resumedMarked = false;
+    if (precopy) {
+      o.precopy = session.get();
+      // Pre-copy: the workload runs again before the image is written; so does the agent.
+      o.mark = [&](const std::string& e) {
+        if (e != "resumed") return;
+        releaseAgent();
+        ctx.mark("resumed");
+        resumedMarked = true;
+      };
+    }
     // The agent's stop is collected before the kill so the reap hook can inject into it.
     bool agentReady = false;
     auto prepared = [&]() -> Status {
@@ -110,15 +170,17 @@ class NativeEngine : public Engine {
       CRB_CHECK(agentHold_->waitPending());
       return agentHold_->prepareInjection(agent);
     };
-    o.thaw = [c, &prepared]() -> Status {
+    o.guardian = guard;
+    o.thaw = [c, &prepared, guard]() -> Status {
       CRB_CHECK(c->thaw());
+      guard->noteThawed();
       return prepared();
     };
     auto r = native::dumpTree(root, ctx.imageDir, o);
     thawIfFrozen();
     if (!r.ok()) {
       releaseAgent();
-      ctx.mark("resumed");
+      if (!resumedMarked) ctx.mark("resumed");
       Error e = r.error().context(fmt::format("native engine: dump of the workload tree {} (the agent and the workload "
                                               "were left running)", root));
       // The dump refuses what it cannot save with "unsupported: <object>": a refusal, not a fault.
@@ -139,8 +201,9 @@ class NativeEngine : public Engine {
         "prober's sockets, was held stopped with the workload and not dumped");
     if (leave) {
       releaseAgent();
-      ctx.mark("resumed");
+      if (!resumedMarked) ctx.mark("resumed");
     }
+    if (precopy) rep.phasesMs["checkpoint_total_with_rounds"] = msSince(tp);
     // Stop-and-copy: the agent stays stopped until the restore has recreated the workload.
     rep.phasesMs["checkpoint_total"] = msSince(t0);
     return rep;
@@ -155,16 +218,27 @@ class NativeEngine : public Engine {
     if (!agentHold_) {
       // Leave-running: the tree that ran on is replaced. Stop everything, kill the workload, make
       // the held agent reap it.
-      CRB_CHECK(c->freeze());
-      ctx.mark("frozen");
       agentHold_ = std::make_unique<native::Seizure>();
       agent_ = agent;
+      if (auto st = agentHold_->useGuardian(); !st.ok()) {
+        releaseAgent();
+        return st.error().context("native engine");
+      }
+      auto guard = agentHold_->guardian();
+      guard->noteFrozen((c->freezerCgroupDir() / "freezer.state").string());
+      if (auto st = c->freeze(); !st.ok()) {
+        guard->noteThawed();
+        releaseAgent();
+        return st.error();
+      }
+      ctx.mark("frozen");
       Status held = agentHold_->holdProcess(agent);
       auto pids = c->pids();
       if (held.ok() && pids.ok())
         for (pid_t p : *pids)
           if (p != agent) ::kill(p, SIGKILL);
       Status thawed = c->thaw();
+      if (thawed.ok()) guard->noteThawed();
       Status stopped = agentHold_->waitPending();
       Status prep = held.ok() && stopped.ok() ? agentHold_->prepareInjection(agent) : success();
       for (const Status* s : {&held, &thawed, &stopped, &prep})

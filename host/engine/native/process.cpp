@@ -41,6 +41,10 @@ const ProcessState* RestoreCtx::find(pid_t pid) const {
 
 // ---------------------------------------------------------------- seizing
 Status Seizure::seizeThread(pid_t pid, pid_t tid, bool wait) {
+  if (tid == pid) {
+    auto stat = readStat(pid);
+    if (stat.ok() && (*stat)[3] == "T") preStopped_.insert(pid);
+  }
   if (::ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(long(PTRACE_O_TRACESYSGOOD))) != 0) {
     if (errno == ESRCH) return success();  // exited meanwhile
     return sysError(fmt::format("seize thread {} of pid {} (is it traced by another debugger?)", tid, pid), errno);
@@ -73,6 +77,7 @@ Status Seizure::waitSeized(pid_t pid, pid_t tid) {
   }
   auto& rp = procs[pid];
   rp.pid = pid;
+  rp.wasStopped = preStopped_.count(pid) > 0;
   rp.tids.push_back(tid);
   CRB_ASSIGN(rp.savedRegs[tid], getGpRegs(tid));
   return success();
@@ -89,13 +94,28 @@ Status Seizure::waitPending() {
   return first;
 }
 
+Status Seizure::useGuardian(std::shared_ptr<Guardian> g) {
+  if (guard_) return success();
+  if (g) {
+    guard_ = std::move(g);
+    return success();
+  }
+  CRB_ASSIGN(guard_, Guardian::start());
+  return success();
+}
+
 Status Seizure::holdProcess(pid_t pid) {
+  CRB_CHECK(useGuardian());
   if (::kill(pid, 0) != 0) return sysError(fmt::format("process {}", pid), errno);
   for (pid_t t : listTasks(pid)) CRB_CHECK(seizeThread(pid, t, false));
   return success();
 }
 
 Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
+  if (auto g = useGuardian(); !g.ok()) {
+    if (thaw) (void)thaw();
+    return g;
+  }
   if (thaw) {
     // Frozen: nothing forks or exits under us, so one walk finds every thread.
     Status walked = success();
@@ -173,17 +193,72 @@ void Seizure::noteStray(Injector& inj) {
   inj.straySignals().clear();
 }
 
+// Puts the process into a group stop before we change anything in it: if we die from here on,
+// the kernel detaches its threads but keeps them stopped (guardian.hpp), and the guardian puts
+// back what the record says. The stop is started by the main thread taking a SIGSTOP while all its
+// other signals are blocked, so it takes nothing else; every thread keeps signals blocked while we
+// inject (a signal taken then would leave the queue the dump reads).
+Status Seizure::safetyStop(pid_t pid) {
+  auto& rp = procs.at(pid);
+  if (rp.safe) return success();
+  for (pid_t t : rp.tids) CRB_CHECK(guard_->noteRegs(pid, t, rp.savedRegs.at(t)));
+  if (!rp.wasStopped) {
+    CRB_CHECK(guard_->noteStopped(pid));
+    rp.stoppedByUs = true;
+    if (::syscall(SYS_tgkill, pid, pid, SIGSTOP) != 0) return sysError(fmt::format("stop process {}", pid), errno);
+  }
+  rp.masked = true;
+  for (pid_t t : rp.tids) {
+    uint64_t mask = 0, all = ~0ull;
+    if (::ptrace(PTRACE_GETSIGMASK, t, reinterpret_cast<void*>(8), &mask) != 0)
+      return sysError(fmt::format("read signal mask of thread {}", t), errno);
+    CRB_CHECK(guard_->noteMask(pid, t, mask));
+    rp.savedMask[t] = mask;
+    if (::ptrace(PTRACE_SETSIGMASK, t, reinterpret_cast<void*>(8), &all) != 0)
+      return sysError(fmt::format("block signals of thread {}", t), errno);
+  }
+  if (rp.wasStopped) {
+    rp.safe = true;
+    return success();
+  }
+  faultPoint("safety-stop");
+  int sig = 0;
+  for (;;) {
+    if (::ptrace(PTRACE_CONT, pid, nullptr, reinterpret_cast<void*>(long(sig))) != 0)
+      return sysError(fmt::format("resume pid {} into its group stop", pid), errno);
+    sig = 0;
+    CRB_ASSIGN(int st, waitStopped(pid));
+    int s = WSTOPSIG(st), event = st >> 16;
+    if (event == PTRACE_EVENT_STOP) {
+      if (s == SIGTRAP) continue;  // a pending interrupt trap, not the group stop yet
+      break;
+    }
+    if (event != 0) continue;
+    if (s == SIGSTOP) {
+      sig = SIGSTOP;  // let the stop begin: the thread traps again as the group stop's first member
+      continue;
+    }
+    stray[pid].push_back({pid, s});  // only a synchronous signal could get through the mask
+  }
+  rp.safe = true;
+  return success();
+}
+
 Status Seizure::prepareInjection(pid_t pid) {
+  CRB_CHECK(safetyStop(pid));
   auto& rp = procs.at(pid);
   CRB_ASSIGN(rp.syscallInsn, findSyscallInsn(pid));
+  CRB_CHECK(guard_->noteMapping(pid, rp.syscallInsn));
   auto inj = injector(pid, pid);
   CRB_ASSIGN(long a, inj.check("map a scratch page", SYS_mmap, 0, kPage, PROT_READ | PROT_WRITE,
                                 MAP_PRIVATE | MAP_ANONYMOUS, uint64_t(-1), 0));
   noteStray(inj);
   rp.scratch = uint64_t(a);
+  guard_->noteScratch(pid, rp.scratch);
   return success();
 }
 
+// Puts back registers and masks; the process stays in its group stop until release() or killAll().
 Status Seizure::finishInjection(pid_t pid) {
   auto& rp = procs.at(pid);
   if (rp.scratch) {
@@ -191,14 +266,29 @@ Status Seizure::finishInjection(pid_t pid) {
     CRB_CHECK(inj.check("unmap the scratch page", SYS_munmap, rp.scratch, kPage));
     noteStray(inj);
     rp.scratch = 0;
+    if (guard_) guard_->noteScratch(pid, 0);
   }
   for (pid_t t : rp.touched) CRB_CHECK(setGpRegs(t, rp.savedRegs.at(t)));
   rp.touched.clear();
+  if (rp.masked) {
+    for (auto& [t, mask] : rp.savedMask) {
+      uint64_t m = mask;
+      if (::ptrace(PTRACE_SETSIGMASK, t, reinterpret_cast<void*>(8), &m) != 0)
+        return sysError(fmt::format("put back the signal mask of thread {}", t), errno);
+    }
+    rp.masked = false;
+  }
+  if (guard_)
+    for (pid_t t : rp.tids) guard_->noteRestored(t);
   return success();
 }
 
 Status Seizure::killAll(const std::function<void()>& reap) {
   for (pid_t p : order) ::kill(p, SIGKILL);
+  // Nothing left to put back, and the pids will be reused by the restore: the guardian must not
+  // touch them if we die from here on.
+  if (guard_)
+    for (pid_t p : order) guard_->forget(p);
   // As their tracer we must collect each dead thread before its parent can: non-leaders first,
   // a group leader is reported only after the rest of its group.
   std::stable_partition(seized_.begin(), seized_.end(), [&](pid_t t) { return !procs.count(t); });
@@ -227,10 +317,17 @@ void Seizure::release() {
   // A thread seized but not yet stopped cannot be detached: collect its stop first.
   (void)waitPending();
   for (auto& [pid, rp] : procs) {
-    if (rp.scratch) (void)finishInjection(pid);
+    if (rp.scratch || rp.masked || !rp.touched.empty()) (void)finishInjection(pid);
     for (pid_t t : rp.touched) (void)setGpRegs(t, rp.savedRegs.at(t));
   }
   for (pid_t t : seized_) ::ptrace(PTRACE_DETACH, t, nullptr, nullptr);
+  // Detached while in the group stop, the threads stop again as plain stopped tasks; SIGCONT ends
+  // the stop now that nothing traces them (so an untraced default SIGCONT is simply discarded).
+  for (auto& [pid, rp] : procs)
+    if (rp.stoppedByUs) {
+      ::kill(pid, SIGCONT);
+      if (guard_) guard_->noteUnstopped(pid);
+    }
   // Signals that arrived while we held the tree are delivered now (their siginfo is not kept).
   for (auto& [tid, sigs] : stray)
     for (auto& s : sigs) {

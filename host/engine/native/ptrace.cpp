@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <map>
 
 #include "core/fsutil.hpp"
 
@@ -53,6 +55,16 @@ Status setRegs(pid_t tid, const ThreadRegs& r) {
   return setGpRegs(tid, r.gp);
 }
 
+void faultPoint(const char* point) {
+  static const char* spec = ::getenv("CRBENCH_NATIVE_FAULT");
+  if (!spec) return;
+  static std::map<std::string, long> hits;
+  std::string s(spec);
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || s.substr(0, colon) != point) return;
+  if (++hits[point] == std::atol(s.c_str() + colon + 1)) ::kill(::getpid(), SIGKILL);
+}
+
 Result<int> waitStopped(pid_t tid) {
   int st = 0;
   for (;;) {
@@ -83,6 +95,7 @@ Result<long> Injector::call(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint
   r.r8 = a5;
   r.r9 = a6;
   CRB_CHECK(setGpRegs(tid_, r));
+  faultPoint("inject-set");
   bool entered = false;
   int sig = 0;
   for (;;) {
@@ -95,8 +108,10 @@ Result<long> Injector::call(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint
     if (s == (SIGTRAP | 0x80)) {
       if (!entered) {
         entered = true;
+        faultPoint("inject-entry");
         continue;
       }
+      faultPoint("inject-exit");
       CRB_ASSIGN(auto out, getGpRegs(tid_));
       return long(out.rax);
     }

@@ -50,6 +50,7 @@ Result<TreeState> loadTree(const std::filesystem::path& dir, Json* inventory) {
     t.pipes = f.at("pipes").get<std::vector<PipeObject>>();
     t.shmem = f.at("shmem").get<std::vector<ShmemObject>>();
     t.mapped = f.at("mapped").get<std::vector<MappedFile>>();
+    t.unixSockets = f.value("unix", std::vector<UnixSocket>{});
   } catch (const std::exception& e) {
     return makeError("image " + dir.string() + " has unexpected content: " + e.what(), "dump again");
   }
@@ -218,6 +219,7 @@ Status Restorer::run() {
   CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
   for (int fd : c_.opts.setnsBeforeTree)
     if (::setns(fd, 0) != 0) return sysError("join the target's namespaces (setns)", errno);
+  CRB_CHECK(createUnixSockets(c_));
   CRB_CHECK(enterTimeNamespace(c_));  // namespaces.cpp: the tree's clocks carry on
   c_.result.phasesMs["prepare"] = msSince(t0);
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/json.hpp"
+#include "engine/native/unix_sockets.hpp"
 
 namespace crb::native {
 
@@ -131,6 +132,7 @@ struct TreeState {
   std::vector<PipeObject> pipes;    // blobs.img order: pipes, then deleted files, then shmem
   std::vector<ShmemObject> shmem;
   std::vector<MappedFile> mapped;
+  std::vector<UnixSocket> unixSockets;  // unix_sockets.cpp
 };
 
 void to_json(Json& j, const PageRun& v);

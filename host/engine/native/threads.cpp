@@ -73,8 +73,11 @@ Status dumpThreads(DumpCtx& c, pid_t pid, ProcessState& ps) {
     regs.gp = rp.savedRegs.at(tid);  // as seized, before any injected syscall
     t.gpregs = toHex(&regs.gp, sizeof regs.gp);
     t.xstate = toHex(regs.xstate.data(), regs.xstate.size());
-    if (::ptrace(PTRACE_GETSIGMASK, tid, reinterpret_cast<void*>(8), &t.sigmask) != 0)
+    if (rp.savedMask.count(tid)) {
+      t.sigmask = rp.savedMask.at(tid);  // ours blocks everything while we inject
+    } else if (::ptrace(PTRACE_GETSIGMASK, tid, reinterpret_cast<void*>(8), &t.sigmask) != 0) {
       return sysError(fmt::format("read signal mask of thread {}", tid), errno);
+    }
     auto name = readProc(pid, fmt::format("task/{}/comm", tid));
     t.name = name.ok() ? trimNl(*name) : "";
     long len = 0;

@@ -1,0 +1,57 @@
+#pragma once
+// Dirty-page tracking of a running process, for pre-copy rounds: which pages were written since
+// the last look. Userfaultfd write-protect in async mode (UFFD_FEATURE_WP_ASYNC: a write to a
+// protected page just clears the protection in the kernel, nobody handles a fault) read and
+// re-armed atomically by PAGEMAP_SCAN (Linux >= 6.7), or soft-dirty bits where a kernel keeps them.
+//
+// The userfaultfd belongs to the target's mm, so it is created *in* the target by an injected
+// userfaultfd() while the process is seized, taken with pidfd_getfd() and closed in the target at
+// once: crbench holds the only reference. If crbench dies, the kernel releases the context, which
+// unregisters every range and clears every write-protect bit: the tree is never left protected.
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/fsutil.hpp"
+#include "core/result.hpp"
+#include "engine/native/state.hpp"
+
+namespace crb::native {
+
+class Seizure;
+
+class DirtyTracker {
+ public:
+  // Method names recorded in results.
+  static constexpr const char* kUffdWp = "uffd-wp-async+pagemap-scan";
+  static constexpr const char* kSoftDirty = "soft-dirty";
+
+  // `pid` must be seized in `s` with injection prepared. Tries UFFD-WP first, then soft-dirty;
+  // the error says why neither works.
+  static Result<std::unique_ptr<DirtyTracker>> attach(Seizure& s, pid_t pid);
+  ~DirtyTracker() { stop(); }
+  const std::string& method() const { return method_; }
+
+  // Start tracking [start, end) (a writable private anonymous mapping): register it and
+  // write-protect every page, populated or not. Pages written after this are reported by
+  // collect(). Returns false (no error) if the kernel would not register that range.
+  Result<bool> track(uint64_t start, uint64_t end);
+  // Pages of [start, end) written since track() or the previous collect(); re-protects them in
+  // the same walk, so no write is lost between the scan and the re-arm.
+  Result<std::vector<PageRun>> collect(uint64_t start, uint64_t end);
+  // Unregister everything (clears all protection). Also done by the destructor.
+  void stop();
+  // For tests: the fd crbench holds (the tree holds none).
+  int fd() const { return uffd_.get(); }
+
+ private:
+  pid_t pid_ = 0;
+  std::string method_;
+  Fd uffd_, pagemap_;
+  std::vector<std::pair<uint64_t, uint64_t>> tracked_;
+};
+
+}  // namespace crb::native

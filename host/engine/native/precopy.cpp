@@ -1,0 +1,371 @@
+// Iterative pre-copy: rounds of copying dirty pages while the tree runs; see precopy.hpp.
+#include "engine/native/precopy.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "engine/native/internal.hpp"
+#include "engine/native/procfs.hpp"
+
+namespace crb::native {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double msSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+bool hasVmFlag(const std::string& vmflags, const char* f) {
+  for (size_t i = 0; i + 1 < vmflags.size(); i++)
+    if (vmflags[i] == f[0] && vmflags[i + 1] == f[1] && (i == 0 || vmflags[i - 1] == ' ')) return true;
+  return false;
+}
+
+// Writable private anonymous memory: what a tracker registers (the dump's "anon" kind, writable).
+bool trackable(const MapsLine& m) {
+  if (m.perms.size() < 4 || m.perms[1] != 'w' || m.perms[3] != 'p') return false;
+  return m.path.empty() || m.path == "[heap]" || m.path == "[stack]" || m.path.rfind("[anon:", 0) == 0;
+}
+
+bool within(const std::vector<std::pair<uint64_t, uint64_t>>& ranges, uint64_t s, uint64_t e) {
+  for (auto [rs, re] : ranges)
+    if (rs <= s && e <= re) return true;
+  return false;
+}
+
+constexpr size_t kStoreBuf = 8 << 20;
+}  // namespace
+
+// ---------------------------------------------------------------- page store
+Result<std::unique_ptr<PageStore>> PageStore::create(const std::filesystem::path& file) {
+  auto s = std::make_unique<PageStore>();
+  s->path_ = file;
+  s->fd_.reset(::open(file.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!s->fd_.valid()) return sysError("create pre-copy page store " + file.string(), errno);
+  s->buf_.resize(kStoreBuf);
+  return s;
+}
+
+PageStore::~PageStore() {
+  if (!path_.empty()) ::unlink(path_.c_str());
+}
+
+std::vector<std::pair<PageRun, uint64_t>> PageStore::place(uint64_t addr, uint64_t pages) {
+  std::vector<std::pair<PageRun, uint64_t>> out;
+  uint64_t a = addr, end = addr + pages * kPage;
+  auto it = ext_.upper_bound(a);
+  if (it != ext_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->first + prev->second.pages * kPage > a) it = prev;
+  }
+  while (a < end) {
+    if (it != ext_.end() && it->first <= a) {
+      uint64_t stop = std::min(end, it->first + it->second.pages * kPage);
+      out.push_back({{a, (stop - a) / kPage}, it->second.slot + (a - it->first) / kPage});
+      a = stop;
+      ++it;
+    } else {
+      uint64_t stop = it == ext_.end() ? end : std::min(end, it->first);
+      uint64_t n = (stop - a) / kPage;
+      ext_[a] = {n, nextSlot_};
+      out.push_back({{a, n}, nextSlot_});
+      nextSlot_ += n;
+      a = stop;
+    }
+  }
+  return out;
+}
+
+void PageStore::forget(uint64_t start, uint64_t end) {
+  auto it = ext_.upper_bound(start);
+  if (it != ext_.begin()) --it;
+  while (it != ext_.end() && it->first < end) {
+    uint64_t s = it->first, e = s + it->second.pages * kPage;
+    Extent x = it->second;
+    if (e <= start) {
+      ++it;
+      continue;
+    }
+    it = ext_.erase(it);
+    if (s < start) ext_[s] = {(start - s) / kPage, x.slot};
+    if (e > end) ext_[end] = {(e - end) / kPage, x.slot + (end - s) / kPage};
+  }
+}
+
+std::vector<PageRun> PageStore::gaps(uint64_t addr, uint64_t pages) const {
+  std::vector<PageRun> out;
+  uint64_t a = addr, end = addr + pages * kPage;
+  auto it = ext_.upper_bound(a);
+  if (it != ext_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->first + prev->second.pages * kPage > a) it = prev;
+  }
+  while (a < end) {
+    if (it != ext_.end() && it->first <= a) {
+      a = std::min(end, it->first + it->second.pages * kPage);
+      ++it;
+    } else {
+      uint64_t stop = it == ext_.end() ? end : std::min(end, it->first);
+      out.push_back({a, (stop - a) / kPage});
+      a = stop;
+    }
+  }
+  return out;
+}
+
+Status PageStore::copy(pid_t pid, uint64_t addr, uint64_t pages, bool live, uint64_t* copied) {
+  for (auto& [piece, slot] : place(addr, pages)) {
+    for (uint64_t done = 0; done < piece.pages;) {
+      uint64_t n = std::min<uint64_t>(piece.pages - done, kStoreBuf / kPage);
+      uint64_t at = piece.addr + done * kPage;
+      size_t len = n * kPage;
+      iovec local{buf_.data(), len}, remote{reinterpret_cast<void*>(at), len};
+      ssize_t got = ::process_vm_readv(pid, &local, 1, &remote, 1, 0);
+      if (got != ssize_t(len)) {
+        size_t have = got > 0 ? size_t(got) : 0;
+        // PROT_NONE pages: /proc/pid/mem reads them the way a debugger does.
+        Status st = readMem(pid, at + have, buf_.data() + have, len - have);
+        if (!st.ok()) {
+          if (!live) return st.error().context("pre-copy final round");
+          // Unmapped or changed under the running tree: the final round copies whatever is there then.
+          forget(piece.addr, piece.addr + piece.pages * kPage);
+          break;
+        }
+      }
+      for (size_t w = 0; w < len;) {
+        ssize_t r = ::pwrite(fd_.get(), buf_.data() + w, len - w, off_t((slot + done) * kPage + w));
+        if (r <= 0) return sysError("write pre-copy page store " + path_.string(), r < 0 ? errno : EIO);
+        w += size_t(r);
+      }
+      *copied += len;
+      done += n;
+    }
+  }
+  return success();
+}
+
+Status PageStore::emit(const std::vector<PageRun>& runs, ImageWriter& out, uint64_t* bytes) {
+  for (auto& r : runs) {
+    for (uint64_t a = r.addr, end = r.addr + r.pages * kPage; a < end;) {
+      auto it = ext_.upper_bound(a);
+      if (it == ext_.begin())
+        return makeError(fmt::format("internal: page {:#x} missing from the pre-copy store", a));
+      --it;
+      uint64_t eEnd = it->first + it->second.pages * kPage;
+      if (eEnd <= a) return makeError(fmt::format("internal: page {:#x} missing from the pre-copy store", a));
+      uint64_t stop = std::min({end, eEnd, a + kStoreBuf});
+      size_t len = stop - a;
+      off_t off = off_t((it->second.slot + (a - it->first) / kPage) * kPage);
+      for (size_t d = 0; d < len;) {
+        ssize_t n = ::pread(fd_.get(), buf_.data() + d, len - d, off + off_t(d));
+        if (n <= 0) return sysError("read pre-copy page store " + path_.string(), n < 0 ? errno : EIO);
+        d += size_t(n);
+      }
+      CRB_CHECK(out.write(buf_.data(), len));
+      *bytes += len;
+      a = stop;
+    }
+  }
+  return success();
+}
+
+// ---------------------------------------------------------------- session
+Result<std::unique_ptr<PreCopySession>> PreCopySession::start(pid_t root, const std::filesystem::path& dir,
+                                                             const PreCopyOptions& o) {
+  auto s = std::make_unique<PreCopySession>();
+  s->opts_ = o;
+  s->dir_ = dir;
+  s->root_ = root;
+  auto t0 = Clock::now();
+  {
+    Seizure z;  // its destructor detaches on every path: the tree runs on
+    CRB_CHECK(z.seizeTree(root));
+    for (pid_t pid : z.order) {
+      if (z.zombies.count(pid)) continue;
+      CRB_CHECK(z.prepareInjection(pid));
+      auto t = DirtyTracker::attach(z, pid);
+      Status fin = z.finishInjection(pid);
+      if (!t.ok()) return t.error().context(fmt::format("pre-copy: dirty tracking of pid {}", pid));
+      CRB_CHECK(fin);
+      Proc p;
+      p.tracker = std::move(*t);
+      CRB_ASSIGN(p.store, PageStore::create(dir / fmt::format(".precopy-{}.pages", pid)));
+      s->procs_[pid] = std::move(p);
+    }
+    z.release();
+  }
+  s->fig_["setup_pause_ms"] = msSince(t0);
+  s->fig_["dirty_tracking"] = DirtyTracker::kUffdWp;
+  s->fig_["options"] = {{"target_downtime_ms", o.targetDowntimeMs}, {"max_rounds", o.maxRounds},
+                        {"max_seconds", o.maxSeconds}, {"min_shrink", o.minShrink}};
+  s->fig_["rounds"] = Json::array();
+  s->lastCollect_ = Clock::now();
+  return s;
+}
+
+PreCopySession::~PreCopySession() { stopTracking(); }
+
+void PreCopySession::stopTracking() {
+  for (auto& [pid, p] : procs_)
+    if (p.tracker) p.tracker->stop();
+}
+
+bool PreCopySession::tracks(pid_t pid, uint64_t start, uint64_t end) const {
+  auto it = procs_.find(pid);
+  return it != procs_.end() && !it->second.direct && within(it->second.ranges, start, end);
+}
+
+Status PreCopySession::round(int n, Json& fig, uint64_t* dirtyPages, double* copyMs) {
+  auto t0 = Clock::now();
+  double sinceLast = std::chrono::duration<double>(t0 - lastCollect_).count();
+  uint64_t copied = 0, dirty = 0, fresh = 0, newRanges = 0;
+  for (auto& [pid, p] : procs_) {
+    if (p.direct) continue;
+    auto maps = readMaps(pid, true);
+    if (!maps.ok()) {
+      if (::kill(pid, 0) != 0) {  // exited: the final dump no longer sees it either
+        p.direct = true;
+        continue;
+      }
+      return maps.error().context("pre-copy round");
+    }
+    for (auto& m : *maps) {
+      if (!trackable(m)) continue;
+      bool ours = hasVmFlag(m.vmflags, "uw") && within(p.ranges, m.start, m.end);
+      if (ours) {
+        auto runs = p.tracker->collect(m.start, m.end);
+        if (!runs.ok()) {
+          // Part of the range may have been re-protected without being reported: trust nothing
+          // stored there, the final round copies it whole.
+          p.store->forget(m.start, m.end);
+          continue;
+        }
+        for (auto& r : *runs) {
+          dirty += r.pages;
+          CRB_CHECK(p.store->copy(pid, r.addr, r.pages, true, &copied));
+        }
+        continue;
+      }
+      if (hasVmFlag(m.vmflags, "uw") || hasVmFlag(m.vmflags, "um") || hasVmFlag(m.vmflags, "ui"))
+        continue;  // the tree's own userfaultfd: the dump refuses it
+      CRB_ASSIGN(bool ok, p.tracker->track(m.start, m.end));
+      if (!ok) continue;
+      p.ranges.push_back({m.start, m.end});
+      p.store->forget(m.start, m.end);
+      newRanges++;
+      // Protected first, then copied: a write after the protection is found by the next round.
+      CRB_ASSIGN(auto runs, scanDataPages(pid, m.start, m.end, false));
+      for (auto& r : runs) {
+        fresh += r.pages;
+        CRB_CHECK(p.store->copy(pid, r.addr, r.pages, true, &copied));
+      }
+    }
+  }
+  lastCollect_ = t0;
+  double ms = msSince(t0);
+  fig = {{"round", n},
+         {"pages", copied / kPage},
+         {"bytes", copied},
+         {"ms", ms},
+         {"dirty_pages", dirty},
+         {"new_ranges", newRanges},
+         {"new_range_pages", fresh}};
+  if (n > 0) fig["dirty_mib_per_s"] = sinceLast > 0 ? double(dirty * kPage) / (1 << 20) / sinceLast : 0.0;
+  *dirtyPages = dirty + fresh;
+  *copyMs = ms;
+  if (copied >= (1u << 20) && ms > 0) bytesPerMs_ = bytesPerMs_ == 0 ? copied / ms : std::max(bytesPerMs_, copied / ms);
+  return success();
+}
+
+Status PreCopySession::iterate() {
+  auto t0 = Clock::now();
+  uint64_t prev = 0;
+  std::string why;
+  for (int n = 0;; n++) {
+    Json fig;
+    uint64_t dirty = 0;
+    double ms = 0;
+    CRB_CHECK(round(n, fig, &dirty, &ms));
+    fig_["rounds"].push_back(fig);
+    if (n > 0) {
+      double estimate = bytesPerMs_ > 0 ? double(dirty * kPage) / bytesPerMs_ : ms;
+      fig_["rounds"].back()["estimated_final_copy_ms"] = estimate;
+      // The final freeze also reads the tree's state: leave it half of the target.
+      if (estimate <= opts_.targetDowntimeMs / 2) {
+        why = fmt::format("dirty set of {} pages copies in an estimated {:.2f} ms (target downtime {} ms)", dirty,
+                          estimate, opts_.targetDowntimeMs);
+        break;
+      }
+      if (n > 1 && double(dirty) >= double(prev) * opts_.minShrink) {
+        why = fmt::format("dirty set stopped shrinking ({} pages after {})", dirty, prev);
+        break;
+      }
+    }
+    if (n >= opts_.maxRounds) {
+      why = fmt::format("round limit ({})", opts_.maxRounds);
+      break;
+    }
+    if (std::chrono::duration<double>(Clock::now() - t0).count() >= opts_.maxSeconds) {
+      why = fmt::format("time limit ({} s)", opts_.maxSeconds);
+      break;
+    }
+    prev = dirty;
+  }
+  fig_["stop_reason"] = why;
+  fig_["rounds_ms"] = msSince(t0);
+  fig_["copy_mib_per_s"] = bytesPerMs_ * 1000 / (1 << 20);
+  return success();
+}
+
+Status PreCopySession::finalCopy(DumpCtx& c, pid_t pid, ProcessState& ps) {
+  auto it = procs_.find(pid);
+  if (it == procs_.end() || it->second.direct) {
+    // Appeared after the rounds began: copied whole during the freeze, the ordinary way.
+    if (it != procs_.end()) it->second.direct = true;
+    else procs_[pid].direct = true;
+    return dumpMemoryPages(c, pid, ps);
+  }
+  auto t0 = Clock::now();
+  Proc& p = it->second;
+  uint64_t copied = 0, dirty = 0;
+  for (auto& v : ps.vmas) {
+    if (v.pages.empty()) continue;
+    bool tracked = v.kind == "anon" && hasVmFlag(v.vmflags, "uw") && within(p.ranges, v.start, v.end);
+    if (!tracked) {
+      for (auto& r : v.pages) CRB_CHECK(p.store->copy(pid, r.addr, r.pages, false, &copied));
+      continue;
+    }
+    CRB_ASSIGN(auto runs, p.tracker->collect(v.start, v.end));
+    for (auto& r : runs) {
+      dirty += r.pages;
+      CRB_CHECK(p.store->copy(pid, r.addr, r.pages, false, &copied));
+    }
+    for (auto& r : v.pages)
+      for (auto& g : p.store->gaps(r.addr, r.pages)) CRB_CHECK(p.store->copy(pid, g.addr, g.pages, false, &copied));
+  }
+  Json& f = fig_["final"];
+  if (f.is_null()) f = {{"pages", 0}, {"dirty_pages", 0}, {"ms", 0.0}};
+  f["pages"] = f["pages"].get<uint64_t>() + copied / kPage;
+  f["dirty_pages"] = f["dirty_pages"].get<uint64_t>() + dirty;
+  f["ms"] = f["ms"].get<double>() + msSince(t0);
+  return success();
+}
+
+Status PreCopySession::writePages(DumpCtx& c, pid_t pid, ProcessState& ps) {
+  auto it = procs_.find(pid);
+  if (it == procs_.end() || it->second.direct) return success();  // written by finalCopy
+  CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", c.imagePid(pid))));
+  uint64_t bytes = 0;
+  for (auto& v : ps.vmas)
+    if (!v.pages.empty()) CRB_CHECK(it->second.store->emit(v.pages, w, &bytes));
+  c.stats.pagesWritten += bytes / kPage;
+  c.stats.bytesWritten += bytes;
+  CRB_CHECK(w.commit(c.opts.sync));
+  it->second.store.reset();  // the store file goes as soon as its pages are in the image
+  return success();
+}
+
+}  // namespace crb::native

@@ -1,0 +1,97 @@
+#pragma once
+// Iterative pre-copy of a process tree's memory while it runs (DirtyTracker finds what each round
+// must copy again), then a short freeze that takes the last dirty pages and the rest of the state
+// (the ordinary dump, told by DumpOptions::precopy to copy only what changed). The tree runs again
+// as soon as everything is captured; the image is assembled from the page store after the thaw.
+//
+// Pages live in a per-process store file in the image directory until the final image is written:
+// an interval map (address -> slot) so a page dirtied again overwrites its own slot.
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/fsutil.hpp"
+#include "core/json.hpp"
+#include "core/result.hpp"
+#include "engine/native/dirty.hpp"
+#include "engine/native/state.hpp"
+
+namespace crb::native {
+
+struct DumpCtx;
+
+struct PreCopyOptions {
+  double targetDowntimeMs = 10;  // stop when the last dirty set would copy in this long
+  int maxRounds = 12;            // after the first full copy
+  double maxSeconds = 60;        // all rounds together
+  double minShrink = 0.9;        // stop when a round's dirty set is not below this share of the last
+};
+
+class PageStore {
+ public:
+  static Result<std::unique_ptr<PageStore>> create(const std::filesystem::path& file);
+  ~PageStore();
+  // Copies `pages` pages at `addr` of `pid` into the store. `live`: the process runs (a read
+  // failure drops those pages from the store: the final round copies them); frozen: an error.
+  Status copy(pid_t pid, uint64_t addr, uint64_t pages, bool live, uint64_t* copied);
+  void forget(uint64_t start, uint64_t end);
+  // Parts of [addr, addr + pages) the store does not hold.
+  std::vector<PageRun> gaps(uint64_t addr, uint64_t pages) const;
+  // Streams the stored pages of `runs` (all must be held) in order into `out`.
+  Status emit(const std::vector<PageRun>& runs, class ImageWriter& out, uint64_t* bytes);
+  uint64_t slots() const { return nextSlot_; }
+
+ private:
+  struct Extent {
+    uint64_t pages, slot;
+  };
+  // Splits [addr, +pages) into pieces each held contiguously (slot) or new (allocated at the end).
+  std::vector<std::pair<PageRun, uint64_t>> place(uint64_t addr, uint64_t pages);
+  std::filesystem::path path_;
+  Fd fd_;
+  std::map<uint64_t, Extent> ext_;  // by start address, non-overlapping
+  uint64_t nextSlot_ = 0;
+  std::vector<char> buf_;
+};
+
+class PreCopySession {
+ public:
+  // Seizes the tree for a moment to give every process a dirty tracker (the pause is measured),
+  // then lets it run. Nothing is copied yet.
+  static Result<std::unique_ptr<PreCopySession>> start(pid_t root, const std::filesystem::path& dir,
+                                                       const PreCopyOptions& o);
+  ~PreCopySession();
+  // Copy rounds while the tree runs, until the stop rule says the final freeze is short enough.
+  Status iterate();
+  // Called by the dump, frozen: does this session's tracker own the registration of [s, e)?
+  bool tracks(pid_t pid, uint64_t start, uint64_t end) const;
+  // Frozen: copy what changed since the last round (and whatever the store lacks) into the store.
+  Status finalCopy(DumpCtx& c, pid_t pid, ProcessState& ps);
+  // After the thaw: write pages-<pid>.img from the store, then drop the trackers (unprotect).
+  Status writePages(DumpCtx& c, pid_t pid, ProcessState& ps);
+  void stopTracking();
+  Json figures() const { return fig_; }
+
+ private:
+  struct Proc {
+    std::unique_ptr<DirtyTracker> tracker;
+    std::unique_ptr<PageStore> store;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;  // registered by us
+    bool direct = false;  // not tracked (appeared later): the final dump copies it the usual way
+  };
+  Status round(int n, Json& fig, uint64_t* dirtyPages, double* copyMs);
+  PreCopyOptions opts_;
+  std::filesystem::path dir_;
+  pid_t root_ = 0;
+  std::map<pid_t, Proc> procs_;
+  Json fig_ = Json::object();
+  std::chrono::steady_clock::time_point lastCollect_;
+  double bytesPerMs_ = 0;  // copy speed measured in the rounds
+};
+
+}  // namespace crb::native
