@@ -9,6 +9,7 @@
 #include "core/fsutil.hpp"
 #include "core/json.hpp"
 #include "engine/native/native.hpp"
+#include "engine/native/cow.hpp"
 #include "engine/native/precopy.hpp"
 
 namespace crb {
@@ -23,6 +24,7 @@ struct CrOptions {
   bool json = false;
   std::vector<std::string> external;
   bool preCopy = false;
+  bool cow = false;
   native::PreCopyOptions pc;
 };
 
@@ -49,6 +51,9 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
   dump->add_flag("--pre-copy", o->preCopy,
                  "copy memory in rounds while the tree runs (dirty pages found with userfaultfd write-protect + "
                  "PAGEMAP_SCAN), then freeze briefly for the rest; the tree is left running");
+  dump->add_flag("--cow", o->cow,
+                 "copy-on-write: freeze, write-protect the memory, let the tree run again at once and copy the "
+                 "pages afterwards (a write first has its old page copied); the tree is left running");
   dump->add_option("--target-downtime-ms", o->pc.targetDowntimeMs, "pre-copy: stop the rounds when the final copy "
                    "would take about half this")->check(CLI::Range(0.1, 1e6));
   dump->add_option("--max-rounds", o->pc.maxRounds, "pre-copy: at most this many rounds after the first")
@@ -74,12 +79,20 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       opts.sync = !o->noSync;
       opts.external = o->external;
       std::unique_ptr<native::PreCopySession> session;
+      std::unique_ptr<native::CowSession> cow;
+      if (o->preCopy && o->cow) return reportError(makeError("--pre-copy and --cow exclude each other"));
+      if (o->cow) {
+        cow = std::make_unique<native::CowSession>(o->images);
+        opts.capture = cow.get();
+        opts.leaveRunning = true;
+        o->leaveRunning = true;
+      }
       if (o->preCopy) {
         auto s = native::PreCopySession::start(o->tree, o->images, o->pc);
         if (!s.ok()) return reportError(s.error());
         session = std::move(*s);
         if (auto st = session->iterate(); !st.ok()) return reportError(st.error());
-        opts.precopy = session.get();
+        opts.capture = session.get();
         opts.leaveRunning = true;
         o->leaveRunning = true;
       }

@@ -377,6 +377,7 @@ Capabilities CriuEngine::capabilities() {
   caps.unsupportedModes[modes::kPostCopy] = "a VM migration mode; CRIU's counterpart is lazy restore";
   caps.unsupportedModes[modes::kBackground] = "CRIU has no write-protect based background dump";
   caps.unsupportedModes[modes::kFileRam] = "a VM mode";
+  caps.unsupportedModes["cow"] = "CRIU has no copy-on-write dump (the native engine's cow mode)";
   return caps;
 }
 

@@ -38,28 +38,26 @@ constexpr uint64_t kIsWritten = 1 << 1;
 #endif
 }  // namespace
 
-Result<std::unique_ptr<DirtyTracker>> DirtyTracker::attach(Seizure& s, pid_t pid) {
-  auto t = std::make_unique<DirtyTracker>();
-  t->pid_ = pid;
-  t->pagemap_.reset(::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!t->pagemap_.valid()) return sysError(fmt::format("open /proc/{}/pagemap", pid), errno);
+Result<Fd> injectUserfaultfd(Seizure& s, pid_t pid, bool allowUserModeOnly, bool* userModeOnly) {
   auto inj = s.injector(pid, pid);
-  // Without UFFD_USER_MODE_ONLY the target needs CAP_SYS_PTRACE (vm.unprivileged_userfaultfd=0);
-  // user-mode-only is enough in async mode, where the kernel resolves every protection fault itself.
   long remote = -1;
   std::string why;
   for (unsigned extra : {0u, kUffdUserModeOnly}) {
+    if (extra && !allowUserModeOnly) break;
     CRB_ASSIGN(long r, inj.call(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | extra));
     s.noteStray(inj);
     if (r >= 0) {
       remote = r;
+      if (userModeOnly) *userModeOnly = extra != 0;
       break;
     }
     why = std::strerror(int(-r));
   }
   if (remote < 0)
     return makeError(fmt::format("userfaultfd() in pid {} failed: {}", pid, why),
-                     "dirty tracking needs CONFIG_USERFAULTFD (and root or vm.unprivileged_userfaultfd=1)");
+                     allowUserModeOnly ? "dirty tracking needs CONFIG_USERFAULTFD"
+                                       : "needs CONFIG_USERFAULTFD and CAP_SYS_PTRACE in the tree (or "
+                                         "vm.unprivileged_userfaultfd=1)");
   Fd pidfd(int(::syscall(SYS_pidfd_open, pid, 0)));
   int local = pidfd.valid() ? int(::syscall(SYS_pidfd_getfd, pidfd.get(), int(remote), 0)) : -1;
   int getErr = errno;
@@ -68,9 +66,19 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::attach(Seizure& s, pid_t pid
   auto closed = inj.call(SYS_close, uint64_t(remote));
   s.noteStray(inj);
   if (local < 0) return sysError(fmt::format("pidfd_getfd of the userfaultfd of pid {}", pid), getErr);
-  t->uffd_.reset(local);
+  Fd fd(local);
   if (!closed.ok()) return closed.error().context("close the userfaultfd in the target");
   if (::fcntl(local, F_SETFD, FD_CLOEXEC) != 0) return sysError("FD_CLOEXEC on a userfaultfd", errno);
+  return fd;
+}
+
+Result<std::unique_ptr<DirtyTracker>> DirtyTracker::attach(Seizure& s, pid_t pid) {
+  auto t = std::make_unique<DirtyTracker>();
+  t->pid_ = pid;
+  t->pagemap_.reset(::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!t->pagemap_.valid()) return sysError(fmt::format("open /proc/{}/pagemap", pid), errno);
+  CRB_ASSIGN(t->uffd_, injectUserfaultfd(s, pid, true, &t->userModeOnly_));
+  int local = t->uffd_.get();
   uffdio_api api{};
   api.api = UFFD_API;
   api.features = kFeatureWpAsync | kFeatureWpUnpopulated;

@@ -23,6 +23,12 @@ namespace crb::native {
 
 class Seizure;
 
+// Creates a userfaultfd in `pid` (seized, injection prepared), takes it with pidfd_getfd and
+// closes it there. Without CAP_SYS_PTRACE in the target (vm.unprivileged_userfaultfd=0) only a
+// user-mode-only one can be made: allowed when `allowUserModeOnly` (async WP never faults to us;
+// a sync handler would see the tree's own syscalls fail with EFAULT on protected buffers).
+Result<Fd> injectUserfaultfd(Seizure& s, pid_t pid, bool allowUserModeOnly, bool* userModeOnly = nullptr);
+
 class DirtyTracker {
  public:
   // Method names recorded in results.
@@ -34,6 +40,7 @@ class DirtyTracker {
   static Result<std::unique_ptr<DirtyTracker>> attach(Seizure& s, pid_t pid);
   ~DirtyTracker() { stop(); }
   const std::string& method() const { return method_; }
+  bool userModeOnly() const { return userModeOnly_; }
 
   // Start tracking [start, end) (a writable private anonymous mapping): register it and
   // write-protect every page, populated or not. Pages written after this are reported by
@@ -50,6 +57,7 @@ class DirtyTracker {
  private:
   pid_t pid_ = 0;
   std::string method_;
+  bool userModeOnly_ = false;
   Fd uffd_, pagemap_;
   std::vector<std::pair<uint64_t, uint64_t>> tracked_;
 };

@@ -8,7 +8,7 @@
 #include <chrono>
 
 #include "engine/native/internal.hpp"
-#include "engine/native/precopy.hpp"
+#include "engine/native/capture.hpp"
 #include "engine/native/procfs.hpp"
 
 namespace crb::native {
@@ -90,7 +90,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   } undoGuard{c};
   auto t0 = Clock::now();
   if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
-  CRB_CHECK(seizure.seizeTree(root, opts.thaw));
+  CRB_CHECK(seizure.seizeTree(root, opts.thaw, opts.moreRoots));
   CRB_CHECK(dumpClocks(c, root));  // namespaces.cpp: the clocks the tree stopped at
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);
@@ -120,6 +120,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpFiles(c));
   for (auto& ps : c.tree.procs)
     if (!ps.zombie) CRB_CHECK(dumpMemoryLayout(c, ps.pid, ps));
+  CRB_CHECK(dumpSysvIpc(c));
   c.stats.phasesMs["state"] = msSince(t1);
   if (!c.unsupported.empty()) {
     std::string all;
@@ -136,17 +137,17 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpFileContents(c));
   CRB_CHECK(dumpShmemObjects(c));
   for (auto& ps : c.tree.procs)
-    if (!ps.zombie) CRB_CHECK(opts.precopy ? opts.precopy->finalCopy(c, ps.pid, ps) : dumpMemoryPages(c, ps.pid, ps));
+    if (!ps.zombie) CRB_CHECK(opts.capture ? opts.capture->frozen(c, ps.pid, ps) : dumpMemoryPages(c, ps.pid, ps));
   c.stats.phasesMs["memdump"] = msSince(t2);
-  if (opts.precopy) {
+  if (opts.capture) {
     // Everything is captured: the tree runs again before a byte of the image is written.
     c.stats.frozenMs = msSince(t0);
     seizure.release();
-    opts.precopy->stopTracking();
+    opts.capture->released();
     opts.mark("resumed");
     auto tw = Clock::now();
     for (auto& ps : c.tree.procs)
-      if (!ps.zombie) CRB_CHECK(opts.precopy->writePages(c, ps.pid, ps));
+      if (!ps.zombie) CRB_CHECK(opts.capture->afterThaw(c, ps.pid, ps));
     c.stats.phasesMs["pages_after_thaw"] = msSince(tw);
   }
   auto t3 = Clock::now();
@@ -168,8 +169,8 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   for (auto& ps : c.tree.procs) inv["pids"].push_back(ps.pid);
   CRB_CHECK(writeJsonImage(dir, "inventory.img", inv, opts.sync));
   c.stats.phasesMs["write"] = msSince(t3);
-  if (opts.precopy) {
-    c.stats.memory = opts.precopy->figures();
+  if (opts.capture) {
+    c.stats.memory = opts.capture->figures();
     return c.stats;
   }
   c.stats.frozenMs = msSince(t0);

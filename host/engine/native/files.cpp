@@ -289,7 +289,7 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
     // after the shmem objects exist.
     if ((f.kind == "memfd") != memfdPass) continue;
     if (c.fileFds.count(f.id)) continue;  // opened early with another (a pty master with its slave)
-    if (f.kind == "unix") continue;  // createUnixSockets(), once in the tree's namespaces
+    if (f.kind == "unix" || f.kind == "netlink") continue;  // createUnixSockets(), in the tree's namespaces
     std::string what = f.kind + " " + f.path;
     int fd = -1;
     int openFlags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);

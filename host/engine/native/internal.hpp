@@ -50,7 +50,8 @@ class Seizure {
   // With `thaw` (a container): called while the tree's cgroup is frozen; every thread is seized
   // and interrupted while frozen, then thaw() lets each run straight into its ptrace stop, so no
   // thread runs user code between the first and the last seize. thaw() is always called.
-  Status seizeTree(pid_t root, const std::function<Status()>& thaw = {});
+  // `moreRoots`: sibling trees dumped together with root's (a container's programs under its init).
+  Status seizeTree(pid_t root, const std::function<Status()>& thaw = {}, const std::vector<pid_t>& moreRoots = {});
   // Holds one process (all its threads, not its children) without waiting for it to stop; used
   // for a container's init while its frozen cgroup is dumped. waitPending() collects the stops.
   Status holdProcess(pid_t pid);
@@ -180,6 +181,11 @@ bool isTtyKind(const std::string& kind);
 Result<int> openTtyFile(RestoreCtx& c, const FileDesc& f);
 Status takeControllingTty(RestoreCtx& c, const ProcessState& ps);     // right after setsid
 Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
+// unix_sockets.cpp: per fd (false: not a unix socket), after all fds, and the restore (run in
+// the tree's network and mount namespaces, before the tree is created).
+bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
+Status resolveUnixSockets(DumpCtx& c);
+Status createUnixSockets(RestoreCtx& c);
 // inet_sockets.cpp: UDP, TCP listen/established (TCP_REPAIR, netfilter lock).
 bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDesc& f, const std::string& what);
 bool isInetKind(const std::string& kind);
@@ -189,11 +195,17 @@ Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath);  
 // namespaces.cpp: the tree's clocks (time namespace).
 Status dumpClocks(DumpCtx& c, pid_t root);  // right after the seize
 Status enterTimeNamespace(RestoreCtx& c);   // before the root is cloned
-// unix_sockets.cpp: per fd (false: not a unix socket), after all fds, and the restore (run in
-// the tree's network and mount namespaces, before the tree is created).
-bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
-Status resolveUnixSockets(DumpCtx& c);
-Status createUnixSockets(RestoreCtx& c);
+
+// sysv_ipc.cpp: a /SYSV mapping (memory.cpp), the objects (after the memory layout), and the
+// restore: prepare before the restorer changes namespaces, objects after, attaches per process,
+// finish at the end (ok or not).
+struct MapsLine;
+bool dumpSysvShmVma(DumpCtx& c, pid_t pid, const MapsLine& m, Vma& v);
+Status dumpSysvIpc(DumpCtx& c);
+Status prepareSysvIpc(RestoreCtx& c);
+Status restoreSysvIpc(RestoreCtx& c);
+Status restoreSysvShmVma(RestoreCtx& c, pid_t pid, const Vma& v);
+void finishSysvIpc(RestoreCtx& c, bool ok);
 
 std::string pathInTree(const std::string& prefix, const std::string& path);
 

@@ -15,7 +15,7 @@
 
 namespace crb::native {
 
-class PreCopySession;  // precopy.hpp
+class MemoryCapture;  // capture.hpp: pre-copy, copy-on-write
 class Guardian;  // guardian.hpp
 
 struct DumpOptions {
@@ -37,9 +37,12 @@ struct DumpOptions {
   // Connections to outside the tree the user accepts (`--external unix:<inode or name>`): restored
   // by connecting to the peer's name again.
   std::vector<std::string> external;
-  // Pre-copy (precopy.hpp): memory was copied in rounds while the tree ran; the dump copies only
-  // what changed since, lets the tree run again and writes the image afterwards (leave-running).
-  PreCopySession* precopy = nullptr;
+  // Sibling trees dumped with the root's into one image (a container's programs, each a child of
+  // its init): restored as siblings, each created by the restorer.
+  std::vector<pid_t> moreRoots;
+  // Pre-copy or copy-on-write (capture.hpp): the dump takes the memory through this, lets the
+  // tree run again as soon as everything is captured and writes the pages afterwards (leave-running).
+  MemoryCapture* capture = nullptr;
   // A guardian already started (before a container was frozen); one is started if empty.
   std::shared_ptr<Guardian> guardian;
 };

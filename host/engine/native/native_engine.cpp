@@ -26,12 +26,17 @@
 #include "engine/engine.hpp"
 #include "engine/native/internal.hpp"
 #include "engine/native/native.hpp"
+#include "engine/native/cow.hpp"
 #include "engine/native/precopy.hpp"
 #include "engine/native/procfs.hpp"
 #include "runtime/container.hpp"
 
 namespace crb {
 namespace {
+
+// Copy-on-write dump (issue #9): the tree runs again right after the freeze, pages are copied
+// after the thaw (a write first has its old page copied). Not a canonical mode name elsewhere.
+constexpr const char* kCow = "cow";
 
 using Clock = std::chrono::steady_clock;
 double msSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
@@ -52,7 +57,10 @@ class NativeEngine : public Engine {
   Capabilities capabilities() override {
     Capabilities c;
     c.runtimes = {RuntimeKind::Container};
-    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy};
+    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy, kCow};
+    c.unsupportedModes[modes::kPostCopy] = "a VM migration mode (the process-level counterpart is lazy restore)";
+    c.unsupportedModes[modes::kBackground] = "the native engine's write-protect based dump is mode cow";
+    c.unsupportedModes[modes::kFileRam] = "a VM mode";
     c.unsupportedModes[modes::kIncremental] = "native engine: incremental images are issue #9";
     c.unsupportedModes[modes::kLazy] = "native engine: lazy restore is issue #9";
     c.versions["native-image-format"] = native::kImageFormatVersion;
@@ -63,12 +71,14 @@ class NativeEngine : public Engine {
   Result<PhaseReport> checkpoint(Sandbox& sandbox, const CheckpointContext& ctx) override {
     auto* c = dynamic_cast<ContainerSandbox*>(&sandbox);
     if (!c) return makeError("the native engine works on containers only");
-    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning && ctx.mode != modes::kPreCopy)
+    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning && ctx.mode != modes::kPreCopy &&
+        ctx.mode != kCow)
       return makeError("native engine: mode " + ctx.mode + " is not supported",
-                       "modes: stop-and-copy, leave-running, pre-copy", 3);
+                       "modes: stop-and-copy, leave-running, pre-copy, cow", 3);
     releaseAgent();
     bool precopy = ctx.mode == modes::kPreCopy;
-    bool leave = ctx.mode == modes::kLeaveRunning || precopy;
+    bool cowMode = ctx.mode == kCow;
+    bool leave = ctx.mode == modes::kLeaveRunning || precopy || cowMode;
     pid_t agent = c->initPid();
     PhaseReport rep;
     // Pre-copy: rounds while everything runs; the freeze below is the short final round. The tree
@@ -128,12 +138,14 @@ class NativeEngine : public Engine {
       if (c->freezerState() == "THAWED") guard->noteThawed();
     };
     auto children = native::listChildren(agent);
-    if (children.size() != 1) {
+    // Every program the agent started is a tree of its own: all of them go into one image (the
+    // agent, their parent, is held, not dumped). Pre-copy tracks one tree only.
+    if (children.empty() || (precopy && children.size() != 1)) {
       thawIfFrozen();
       releaseAgent();
       return Error{children.empty() ? "native engine: the agent has no workload process to checkpoint"
-                                        : fmt::format("native engine: unsupported: {} workload trees under the agent "
-                                                      "(one is supported)", children.size()),
+                                        : fmt::format("native engine: unsupported: pre-copy of {} workload trees under "
+                                                      "the agent (one is supported)", children.size()),
                        "the workload's programs are checkpointed as one tree: start one program that starts the rest",
                    children.empty() ? 1 : kUnsupportedExitCode};
     }
@@ -147,14 +159,17 @@ class NativeEngine : public Engine {
     native::DumpOptions o;
     o.leaveRunning = leave;
     o.nsReference = agent;
+    o.moreRoots.assign(children.begin() + 1, children.end());
     o.rootPrefix = c->rootDir().string();
     o.reapKilled = [this] { reapAgentZombies(); };
     // The agent is still held when dumpTree releases or kills the tree: marks come from here.
     o.mark = [](const std::string&) {};
     bool resumedMarked = false;
-    if (precopy) {
-      o.precopy = session.get();
-      // Pre-copy: the workload runs again before the image is written; so does the agent.
+    std::unique_ptr<native::CowSession> cow;
+    if (cowMode) cow = std::make_unique<native::CowSession>(ctx.imageDir);
+    if (precopy || cowMode) {
+      o.capture = precopy ? static_cast<native::MemoryCapture*>(session.get()) : cow.get();
+      // Pre-copy, COW: the workload runs again before the image is written; so does the agent.
       o.mark = [&](const std::string& e) {
         if (e != "resumed") return;
         releaseAgent();

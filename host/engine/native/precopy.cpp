@@ -182,6 +182,8 @@ Result<std::unique_ptr<PreCopySession>> PreCopySession::start(pid_t root, const 
   auto t0 = Clock::now();
   {
     Seizure z;  // its destructor detaches on every path: the tree runs on
+    // The guardian puts registers back if crbench dies inside an injected syscall (guardian.hpp).
+    CRB_CHECK(z.useGuardian());
     CRB_CHECK(z.seizeTree(root));
     for (pid_t pid : z.order) {
       if (z.zombies.count(pid)) continue;
@@ -191,6 +193,7 @@ Result<std::unique_ptr<PreCopySession>> PreCopySession::start(pid_t root, const 
       if (!t.ok()) return t.error().context(fmt::format("pre-copy: dirty tracking of pid {}", pid));
       CRB_CHECK(fin);
       Proc p;
+      if ((*t)->userModeOnly()) s->fig_["uffd_user_mode_only"] = true;
       p.tracker = std::move(*t);
       CRB_ASSIGN(p.store, PageStore::create(dir / fmt::format(".precopy-{}.pages", pid)));
       s->procs_[pid] = std::move(p);
@@ -213,7 +216,7 @@ void PreCopySession::stopTracking() {
     if (p.tracker) p.tracker->stop();
 }
 
-bool PreCopySession::tracks(pid_t pid, uint64_t start, uint64_t end) const {
+bool PreCopySession::ownsRegistration(pid_t pid, uint64_t start, uint64_t end) const {
   auto it = procs_.find(pid);
   return it != procs_.end() && !it->second.direct && within(it->second.ranges, start, end);
 }
@@ -320,7 +323,7 @@ Status PreCopySession::iterate() {
   return success();
 }
 
-Status PreCopySession::finalCopy(DumpCtx& c, pid_t pid, ProcessState& ps) {
+Status PreCopySession::frozen(DumpCtx& c, pid_t pid, ProcessState& ps) {
   auto it = procs_.find(pid);
   if (it == procs_.end() || it->second.direct) {
     // Appeared after the rounds began: copied whole during the freeze, the ordinary way.
@@ -354,7 +357,7 @@ Status PreCopySession::finalCopy(DumpCtx& c, pid_t pid, ProcessState& ps) {
   return success();
 }
 
-Status PreCopySession::writePages(DumpCtx& c, pid_t pid, ProcessState& ps) {
+Status PreCopySession::afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) {
   auto it = procs_.find(pid);
   if (it == procs_.end() || it->second.direct) return success();  // written by finalCopy
   CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", c.imagePid(pid))));

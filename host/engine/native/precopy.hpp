@@ -18,6 +18,7 @@
 #include "core/fsutil.hpp"
 #include "core/json.hpp"
 #include "core/result.hpp"
+#include "engine/native/capture.hpp"
 #include "engine/native/dirty.hpp"
 #include "engine/native/state.hpp"
 
@@ -59,23 +60,24 @@ class PageStore {
   std::vector<char> buf_;
 };
 
-class PreCopySession {
+class PreCopySession : public MemoryCapture {
  public:
   // Seizes the tree for a moment to give every process a dirty tracker (the pause is measured),
   // then lets it run. Nothing is copied yet.
   static Result<std::unique_ptr<PreCopySession>> start(pid_t root, const std::filesystem::path& dir,
                                                        const PreCopyOptions& o);
-  ~PreCopySession();
+  ~PreCopySession() override;
   // Copy rounds while the tree runs, until the stop rule says the final freeze is short enough.
   Status iterate();
   // Called by the dump, frozen: does this session's tracker own the registration of [s, e)?
-  bool tracks(pid_t pid, uint64_t start, uint64_t end) const;
+  bool ownsRegistration(pid_t pid, uint64_t start, uint64_t end) const override;
   // Frozen: copy what changed since the last round (and whatever the store lacks) into the store.
-  Status finalCopy(DumpCtx& c, pid_t pid, ProcessState& ps);
-  // After the thaw: write pages-<pid>.img from the store, then drop the trackers (unprotect).
-  Status writePages(DumpCtx& c, pid_t pid, ProcessState& ps);
+  Status frozen(DumpCtx& c, pid_t pid, ProcessState& ps) override;
+  // After the thaw: write pages-<pid>.img from the store.
+  Status afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) override;
+  void released() override { stopTracking(); }  // the trackers go (unprotect) as the tree runs again
   void stopTracking();
-  Json figures() const { return fig_; }
+  Json figures() const override { return fig_; }
 
  private:
   struct Proc {

@@ -103,6 +103,7 @@ class Restorer {
       for (pid_t t : c_.traced) ::waitpid(t, nullptr, __WALL | WNOHANG);
     }
     closeTracerFds();
+    finishSysvIpc(c_, ok_);
     if (c_.boot) ::munmap(reinterpret_cast<void*>(c_.boot), kBootSize);
   }
   void closeTracerFds() {
@@ -217,15 +218,25 @@ Status Restorer::run() {
   CRB_CHECK(blobs.verifyComplete());
   CRB_CHECK(openMappedFiles(c_));
   CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
+  CRB_CHECK(prepareSysvIpc(c_));
   for (int fd : c_.opts.setnsBeforeTree)
     if (::setns(fd, 0) != 0) return sysError("join the target's namespaces (setns)", errno);
   CRB_CHECK(createUnixSockets(c_));
+  CRB_CHECK(restoreSysvIpc(c_));
   CRB_CHECK(enterTimeNamespace(c_));  // namespaces.cpp: the tree's clocks carry on
   c_.result.phasesMs["prepare"] = msSince(t0);
 
   auto t1 = Clock::now();
   if (c_.tree.procs.empty()) return makeError("image holds no process");
   CRB_CHECK(createRoot(c_.tree.procs[0]));
+  // Sibling trees of the image (parent outside it) are created by the restorer too.
+  pid_t firstRoot = c_.result.rootPid;
+  for (auto& ps : c_.tree.procs)
+    if (&ps != &c_.tree.procs[0] && !c_.find(ps.ppid)) {
+      if (ps.zombie) return makeError(fmt::format("process {} is a zombie without a parent in the image", ps.pid));
+      CRB_CHECK(createRoot(ps));
+    }
+  c_.result.rootPid = firstRoot;
   CRB_CHECK(createTree());
   c_.result.phasesMs["fork"] = msSince(t1);
 

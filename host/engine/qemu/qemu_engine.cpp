@@ -275,6 +275,7 @@ class QemuEngine : public Engine {
     c.modeRuntimeFlavors[modes::kFileRam] = "vm-file-ram";
     c.unsupportedModes[modes::kIncremental] = "QEMU migration streams have no parent/child relation";
     c.unsupportedModes[modes::kLazy] = "use post-copy: QEMU serves pages on demand only during a live migration";
+    c.unsupportedModes["cow"] = "QEMU's copy-on-write (write-protect) snapshot is background-snapshot: mode leave-running";
     c.unsupportedModes[modes::kBackground] = "QEMU's background-snapshot is the leave-running mode";
     c.versions["qemu_binary"] = *q;
     return c;

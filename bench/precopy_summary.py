@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Summarise an issue-#9 benchmark run (bench/precopy_bench.sh OUT-DIR) as Markdown: every
+combination's downtime figures from the compare summaries, native pre-copy/COW checkpoint
+downtime with its ratio to QEMU's best mode in the same run and to the 10 ms target, per-round
+pre-copy figures and COW figures from the run records. Every number comes from the records.
+
+    bench/precopy_summary.py OUT-DIR [--target-ms 10]
+"""
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def load(p):
+    try:
+        return json.loads(Path(p).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fmt(v, nd=1):
+    if v is None:
+        return "-"
+    return f"{v:.{nd}f}" if v < 100 else f"{v:.0f}"
+
+
+def metric(row, mid):
+    m = row.get("metrics", {}).get(mid)
+    return (m["median"], m["min"], m["max"], m["n"]) if m else None
+
+
+def records(out, name, row):
+    runs = Path(out) / name / "runs"
+    for rid in row.get("run_ids", []):
+        r = load(runs / f"{rid}.json")
+        if r and not r.get("compare", {}).get("warmup"):
+            yield r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--target-ms", type=float, default=10)
+    a = ap.parse_args()
+    out = Path(a.out)
+    cmds = (out / "commands.txt").read_text() if (out / "commands.txt").exists() else ""
+    main = load(out / "main.json")
+    if not main:
+        sys.exit(f"{out}/main.json: no compare summary (the main run did not finish)")
+    p = print
+    p(f"Commands ({out}/commands.txt):\n\n```\n{cmds.strip()}\n```\n")
+    p(f"Main run: compare `{main['id']}`, finished {main['finished_at']}, params {json.dumps(main['params'])}, "
+      f"{main['repeats']} repeats, warm-up {'yes' if main['warmup'] else 'no'}.\n")
+    p("| runtime | engine | mode | n | checkpoint downtime ms median (min–max) | downtime incl. restore ms median "
+      "| checkpoint ms | restore ms | image MiB | fidelity | status |")
+    p("|---|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+    best_qemu = None
+    native = {}
+    for row in main["combinations"]:
+        ck = metric(row, "checkpoint_downtime_ms")
+        dt = metric(row, "downtime_ms")
+        cp = metric(row, "checkpoint_ms")
+        rs = metric(row, "restore_ms")
+        im = metric(row, "image_bytes")
+        fid = row.get("fidelity", {})
+        status = row.get("status", "")
+        if row.get("reason"):
+            status += ": " + row["reason"][:160].replace("|", "/")
+        p(f"| {row['runtime']} | {row['engine']} | {row['mode']} | {row.get('n', 0)} | "
+          f"{fmt(ck[0]) + ' (' + fmt(ck[1]) + '–' + fmt(ck[2]) + ')' if ck else '-'} | {fmt(dt[0]) if dt else '-'} | "
+          f"{fmt(cp[0]) if cp else '-'} | {fmt(rs[0]) if rs else '-'} | {fmt(im[0] / 2**20) if im else '-'} | "
+          f"{str(fid.get('passed', '-')) + '/' + str(fid.get('total', '-')) if fid else '-'} | {status} |")
+        if row["engine"] == "qemu" and ck and (best_qemu is None or ck[0] < best_qemu[1]):
+            best_qemu = (row["mode"], ck[0])
+        if row["engine"] == "native":
+            native[row["mode"]] = row
+    p()
+    if best_qemu:
+        p(f"QEMU's best mode by median checkpoint downtime in this run: **{best_qemu[0]}**, {fmt(best_qemu[1])} ms.\n")
+    for mode in ("pre-copy", "cow", "stop-and-copy"):
+        row = native.get(mode)
+        ck = metric(row, "checkpoint_downtime_ms") if row else None
+        if not ck:
+            p(f"- native {mode}: no successful run.")
+            continue
+        frozen = [r["engine_report"]["checkpoint"]["engine_figures"].get("frozen_ms") for r in records(out, "main", row)
+                  if r.get("status") == "ok"]
+        frozen = [f for f in frozen if f is not None]
+        ratio = f"{ck[0] / best_qemu[1]:.3f}× QEMU {best_qemu[0]}" if best_qemu else "no QEMU figure"
+        p(f"- native {mode}: checkpoint downtime median **{fmt(ck[0], 2)} ms** (n={ck[3]}), {ratio}; "
+          f"{ck[0] / a.target_ms:.2f}× the {a.target_ms:g} ms target "
+          f"({'met' if ck[0] <= a.target_ms else 'not met'}); engine-measured freeze (frozen_ms) median "
+          f"{fmt(statistics.median(frozen), 2) if frozen else '-'} ms")
+    p()
+    row = native.get("pre-copy")
+    if row:
+        ok = [r for r in records(out, "main", row) if r.get("status") == "ok"]
+        if ok:
+            ok.sort(key=lambda r: r.get("checkpoint_downtime_ms") or 0)
+            r = ok[len(ok) // 2]
+            m = r["engine_report"]["checkpoint"]["engine_figures"]["memory"]
+            p(f"Native pre-copy, the median run ({r['run_id']}): tracking `{m.get('dirty_tracking')}`, set-up pause "
+              f"{fmt(m.get('setup_pause_ms'), 2)} ms, stop: {m.get('stop_reason')}; final round {m.get('final')}.\n")
+            p("| round | pages copied | MiB | ms | dirty pages found | dirty MiB/s | est. final copy ms |")
+            p("|---:|---:|---:|---:|---:|---:|---:|")
+            for x in m.get("rounds", []):
+                p(f"| {x['round']} | {x['pages']} | {fmt(x['bytes'] / 2**20)} | {fmt(x['ms'])} | {x['dirty_pages']} | "
+                  f"{fmt(x.get('dirty_mib_per_s'))} | {fmt(x.get('estimated_final_copy_ms'), 2)} |")
+            p()
+    row = native.get("cow")
+    if row:
+        ok = [r for r in records(out, "main", row) if r.get("status") == "ok"]
+        for r in ok:
+            m = r["engine_report"]["checkpoint"]["engine_figures"]
+            mm = m["memory"]
+            p(f"- cow run {r['run_id']}: checkpoint downtime {fmt(r.get('checkpoint_downtime_ms'), 2)} ms, frozen "
+              f"{fmt(m.get('frozen_ms'), 2)} ms (protect {fmt(mm.get('protect_ms'), 2)} ms for "
+              f"{mm.get('protected_pages')} pages), {mm.get('write_faults')} write faults served "
+              f"(max {fmt(mm.get('max_fault_service_us'))} µs), {mm.get('background_pages')} pages copied in "
+              f"{fmt(mm.get('background_ms'))} ms after the thaw")
+        p()
+    # Scaling: every scale-* summary present.
+    rows = []
+    for f in sorted(out.glob("scale-*.json")):
+        s = load(f)
+        if not s:
+            continue
+        size = s["params"].get("size_mib")
+        for row in s["combinations"]:
+            ck = metric(row, "checkpoint_downtime_ms")
+            dt = metric(row, "downtime_ms")
+            rows.append((int(size), row["runtime"], row["engine"], row["mode"], row.get("n", 0), ck, dt,
+                         row.get("status", "")))
+    for row in main["combinations"]:
+        ck = metric(row, "checkpoint_downtime_ms")
+        dt = metric(row, "downtime_ms")
+        rows.append((int(main["params"].get("size_mib", 0)), row["runtime"], row["engine"], row["mode"],
+                     row.get("n", 0), ck, dt, row.get("status", "")))
+    if rows:
+        p("Scaling (checkpoint downtime ms, median of n; 1 GiB from the main run):\n")
+        p("| MiB | runtime | engine | mode | n | checkpoint downtime ms | downtime incl. restore ms | status |")
+        p("|---:|---|---|---|---:|---:|---:|---|")
+        for size, rt, en, mo, n, ck, dt, st in sorted(rows, key=lambda x: (x[2], x[3], x[0])):
+            if n == 0 and not ck:
+                continue
+            p(f"| {size} | {rt} | {en} | {mo} | {n} | {fmt(ck[0], 2) if ck else '-'} | {fmt(dt[0]) if dt else '-'} | {st} |")
+
+
+if __name__ == "__main__":
+    main()

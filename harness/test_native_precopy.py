@@ -1,0 +1,199 @@
+"""The native engine's low-downtime memory modes on plain process trees (issue #9): a program
+rewriting known patterns at a set rate (tp_precopy) goes through pre-copy (and COW) dumps and
+checks every byte of every page after restore; the dumper SIGKILLed mid-round leaves the tree
+running, untraced and with no write-protection left."""
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import crbench_bin
+
+
+def need_root():
+    if os.geteuid() != 0:
+        pytest.skip("the native engine needs root (ptrace of any process, clone3 set_tid)")
+
+
+def prog(name):
+    p = Path(os.environ.get("CRBENCH_BUILD", "")) / "host" / "engine" / "native" / name
+    if not p.exists():
+        pytest.skip(f"{p} not built (engines option without native?)")
+    return str(p)
+
+
+def cr(*args, timeout=120):
+    return subprocess.run([crbench_bin(), "cr", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, close_fds=True)
+
+
+def wait_for(path, text, timeout=30):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never showed {text!r}: {path.read_text() if path.exists() else ''}")
+
+
+def start(argv, tmp_path):
+    log = tmp_path / "out.log"
+    with open(log, "w") as f:
+        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, close_fds=True)
+    return p, log
+
+
+def wp_ranges(pid):
+    """Mappings of pid carrying a userfaultfd write-protect registration (VmFlags 'uw')."""
+    out, cur = [], None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and not line.startswith("VmFlags"):
+            cur = line.split(" ", 1)[0]
+        elif line.startswith("VmFlags:") and " uw" in line:
+            out.append(cur)
+    return out
+
+
+def status(pid):
+    return dict(l.split(":\t", 1) for l in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in l)
+
+
+def need_uffd_wp(tmp_path):
+    """Skip (77) on a kernel without UFFD WP-async + PAGEMAP_SCAN: the dump says which is missing."""
+    go = tmp_path / "probe-go"
+    p, log = start([prog("tp_precopy"), str(go), "4", "0"], tmp_path)
+    try:
+        wait_for(log, "READY")
+        d = cr("dump", "--pre-copy", "--tree", p.pid, "--images", tmp_path / "probe-img")
+        if d.returncode != 0 and ("WP_ASYNC" in d.stderr or "PAGEMAP_SCAN" in d.stderr or "userfaultfd()" in d.stderr):
+            pytest.skip(f"no userfaultfd write-protect dirty tracking here: {d.stderr.strip()}")
+        assert d.returncode == 0, d.stderr
+    finally:
+        p.kill()
+        p.wait()
+
+
+def restore_and_check(p, log, go, img):
+    p.kill()  # pre-copy leaves the tree running: the copy replaces it
+    p.wait(timeout=10)
+    go.touch()
+    r = cr("restore", "--images", img)
+    out = log.read_text()
+    assert r.returncode == 0 and "exited with status 0" in r.stderr, f"restore: {r.stderr}\nprogram: {out}"
+    assert out.count("PASS") == 1 and "FAIL" not in out, out
+
+
+@pytest.mark.parametrize("size_mib,rate", [(64, 16), (32, 200)])
+def test_precopy_every_byte(size_mib, rate, tmp_path):
+    """16 MiB/s converges in a few rounds; 200 MiB/s over 32 MiB does not shrink and hits a limit."""
+    need_root()
+    need_uffd_wp(tmp_path)
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), str(size_mib), str(rate)], tmp_path)
+    wait_for(log, "READY")
+    time.sleep(0.3)
+    img = tmp_path / "img"
+    d = cr("dump", "--pre-copy", "--max-rounds", "6", "--json", "--tree", p.pid, "--images", img)
+    assert d.returncode == 0, d.stderr
+    fig = json.loads(d.stdout)
+    mem = fig["memory"]
+    assert mem["dirty_tracking"] == "uffd-wp-async+pagemap-scan"
+    assert len(mem["rounds"]) >= 2 and mem["stop_reason"], mem
+    assert mem["rounds"][0]["pages"] >= size_mib * 256, mem["rounds"][0]
+    assert mem["rounds"][1]["dirty_pages"] > 0, "the writer ran during round 0, yet no page was found dirty"
+    assert fig["pages_written"] >= size_mib * 256
+    # The tree ran on, and nothing of the tracking is left on it.
+    assert status(p.pid)["State"][0] in "RS" and status(p.pid)["TracerPid"] == "0"
+    assert wp_ranges(p.pid) == []
+    assert not list(img.glob(".precopy-*")), "the page store outlived the dump"
+    s = cr("show", img)
+    assert s.returncode == 0 and "all checksums verified" in s.stdout, s.stderr
+    restore_and_check(p, log, go, img)
+
+
+def test_dumper_killed_mid_round_leaves_tree_running_unprotected(tmp_path):
+    need_root()
+    need_uffd_wp(tmp_path)
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), "256", "16"], tmp_path)
+    wait_for(log, "READY")
+    rng = random.Random(int(os.environ.get("CRBENCH_SEED", "0")) or None)
+    for attempt in range(3):
+        img = tmp_path / f"img{attempt}"
+        dumper = subprocess.Popen([crbench_bin(), "cr", "dump", "--pre-copy", "--tree", str(p.pid), "--images",
+                                   str(img)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  stdin=subprocess.DEVNULL, close_fds=True)
+        # Wait until the tracker is registered (the rounds have begun), then kill at a random point.
+        end = time.monotonic() + 30
+        while not wp_ranges(p.pid) and dumper.poll() is None and time.monotonic() < end:
+            time.sleep(0.005)
+        assert dumper.poll() is None, "the dump finished before it could be killed"
+        time.sleep(rng.uniform(0, 0.4))
+        dumper.send_signal(signal.SIGKILL)
+        dumper.wait()
+        assert not (img / "inventory.img").exists()
+        st = status(p.pid)
+        assert st["State"][0] in "RS", f"attempt {attempt}: the tree is {st['State']}"
+        assert st["TracerPid"] == "0", f"attempt {attempt}: still traced by {st['TracerPid']}"
+        assert wp_ranges(p.pid) == [], f"attempt {attempt}: write-protect registration left on {wp_ranges(p.pid)}"
+    # It still rewrites its pages and every byte matches its generation table.
+    go.touch()
+    assert p.wait(timeout=60) == 0, log.read_text()
+    assert "PASS" in log.read_text()
+
+
+def test_cow_every_byte(tmp_path):
+    """Copy-on-write: the tree runs right after the freeze while its pages are copied; writes in
+    that time must not reach the image (the old page is copied first)."""
+    need_root()
+    need_uffd_wp(tmp_path)
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), "128", "64"], tmp_path)
+    wait_for(log, "READY")
+    img = tmp_path / "img"
+    d = cr("dump", "--cow", "--json", "--tree", p.pid, "--images", img)
+    assert d.returncode == 0, d.stderr
+    mem = json.loads(d.stdout)["memory"]
+    assert mem["protected_pages"] >= 128 * 256, mem
+    assert mem["background_pages"] + mem["copied_on_fault_pages"] >= 128 * 256, mem
+    assert status(p.pid)["State"][0] in "RS" and status(p.pid)["TracerPid"] == "0"
+    assert wp_ranges(p.pid) == []
+    restore_and_check(p, log, go, img)
+
+
+def test_dumper_killed_during_cow_copy_leaves_tree_running(tmp_path):
+    need_root()
+    need_uffd_wp(tmp_path)
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), "256", "32"], tmp_path)
+    wait_for(log, "READY")
+    rng = random.Random(int(os.environ.get("CRBENCH_SEED", "0")) or None)
+    for attempt in range(2):
+        img = tmp_path / f"img{attempt}"
+        dumper = subprocess.Popen([crbench_bin(), "cr", "dump", "--cow", "--tree", str(p.pid), "--images", str(img)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                  close_fds=True)
+        end = time.monotonic() + 30
+        while not wp_ranges(p.pid) and dumper.poll() is None and time.monotonic() < end:
+            time.sleep(0.002)
+        assert dumper.poll() is None, "the dump finished before it could be killed"
+        time.sleep(rng.uniform(0, 0.2))
+        dumper.send_signal(signal.SIGKILL)
+        dumper.wait()
+        st = status(p.pid)
+        assert st["TracerPid"] == "0", f"attempt {attempt}: still traced by {st['TracerPid']}"
+        assert wp_ranges(p.pid) == [], f"attempt {attempt}: write-protect registration left on {wp_ranges(p.pid)}"
+        # Not stuck on a write fault nobody serves: it makes progress.
+        before = Path(f"/proc/{p.pid}/stat").read_text().split()[13:15]
+        time.sleep(0.3)
+        after = Path(f"/proc/{p.pid}/stat").read_text().split()[13:15]
+        assert before != after, f"attempt {attempt}: the tree used no CPU after the dumper died (blocked?)"
+    go.touch()
+    assert p.wait(timeout=60) == 0, log.read_text()
+    assert "PASS" in log.read_text()
