@@ -171,6 +171,8 @@ bool isEventKind(const std::string& kind);
 Result<int> openEventFile(RestoreCtx& c, const FileDesc& f);
 Status restoreEpollWatches(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
 Result<Fd> grabRemoteFd(pid_t pid, int fd);  // the same open file description, via pidfd_getfd
+Status dumpPosixTimers(DumpCtx& c, pid_t pid, ProcessState& ps);     // injection prepared
+Status restorePosixTimers(RestoreCtx& c, const ProcessState& ps);    // after restoreThreads
 // tty.cpp: pty masters/slaves, controlling terminals.
 bool dumpTtyFile(DumpCtx& c, pid_t pid, int fd, const std::string& path, const struct stat& st, FileDesc& f,
                  const std::string& what);

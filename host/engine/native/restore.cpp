@@ -253,6 +253,7 @@ Status Restorer::run() {
     CRB_CHECK(restoreProcessAttrs(c_, ps));
     CRB_CHECK(restoreSignals(c_, ps));
     CRB_CHECK(restoreThreads(c_, ps));
+    CRB_CHECK(restorePosixTimers(c_, ps));  // events.cpp: after the threads a timer may signal
     CRB_CHECK(closeRestoreFds(c_, ps));
     c_.result.processes++;
   }
