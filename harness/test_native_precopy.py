@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import crbench_bin
+from conftest import crbench_bin, require_container_support, run_crbench
 
 
 def need_root():
@@ -197,3 +197,27 @@ def test_dumper_killed_during_cow_copy_leaves_tree_running(tmp_path):
     go.touch()
     assert p.wait(timeout=60) == 0, log.read_text()
     assert "PASS" in log.read_text()
+
+
+@pytest.mark.parametrize("mode", ["pre-copy", "cow"])
+def test_memory_scenario_in_container(mode, results_dir):
+    """The engine modes through `crbench run memory` (64 MiB at 16 MiB/s): the workload's own
+    page check passes after the restore, the figures are in the record."""
+    require_container_support()
+    p = run_crbench("run", "memory", "--runtime", "container", "--engine", "native", "--mode", mode,
+                    "--param", "size_mib=64", "--results", results_dir, "--json", timeout=300)
+    try:
+        rec = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON record (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
+    assert p.returncode == 0 and rec["status"] == "ok", rec.get("error")
+    checks = {c["name"]: c for c in rec["fidelity"]["checks"]}
+    assert checks["scenario:pages-intact"]["result"] == "pass", checks["scenario:pages-intact"]
+    assert isinstance(rec["checkpoint_downtime_ms"], (int, float)), rec["checkpoint_downtime_ms"]
+    mem = rec["engine_report"]["checkpoint"]["engine_figures"]["memory"]
+    if mode == "pre-copy":
+        assert mem["dirty_tracking"] == "uffd-wp-async+pagemap-scan" and len(mem["rounds"]) >= 2, mem
+    else:
+        assert mem["protected_pages"] >= 64 * 256, mem
+    for c in rec["sandbox"]["cgroups"]:
+        assert not Path(c).exists(), f"cgroup {c} left behind"

@@ -169,9 +169,12 @@ class NativeEngine : public Engine {
       // Pre-copy, COW: the workload runs again before the image is written; so does the agent.
       o.mark = [&](const std::string& e) {
         if (e != "resumed") return;
+        auto tr = Clock::now();
         releaseAgent();
+        rep.phasesMs["agent_release"] = msSince(tr);
         ctx.mark("resumed");
         resumedMarked = true;
+        rep.phasesMs["cgroup_freeze_to_resumed"] = msSince(t0);
       };
     }
     // The agent's stop is collected before the kill so the reap hook can inject into it.
@@ -188,6 +191,7 @@ class NativeEngine : public Engine {
       guard->noteThawed();
       return prepared();
     };
+    rep.phasesMs["cgroup_freeze_to_dump"] = msSince(t0);
     auto r = native::dumpTree(root, ctx.imageDir, o);
     thawIfFrozen();
     if (!r.ok()) {
