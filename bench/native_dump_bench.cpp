@@ -200,6 +200,12 @@ int main(int argc, char** argv) {
   dumperRssLargeKiB = dumperPeakRssKiB(child);
   kill(child, SIGKILL);
   waitpid(child, nullptr, 0);
+  // The figures depend on what else runs (2 shared cores here): say how loaded the machine was.
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    double l1 = 0;
+    if (std::fscanf(f, "%lf", &l1) == 1) std::printf("\nload average (1 min) after the runs: %.2f on %ld CPUs\n", l1, sysconf(_SC_NPROCESSORS_ONLN));
+    std::fclose(f);
+  }
   if (bestCopy > 0)
     std::printf("\nprocess_vm_readv plain copy: %.2f GB/s\nnative dump to tmpfs:        %.2f GB/s  (ratio %.2f, target >= 0.8)\n"
               "native dump to disk+fdatasync: %.2f GB/s\n",

@@ -1,7 +1,9 @@
 """The native engine (`crbench cr`) on event/timer files, terminals, inet sockets and namespaces:
 one self-checking test program per kind through dump -> restore, real programs, and a test per
 known gap that expects the dump's refusal naming the object."""
+import json
 import os
+import socket
 import signal
 import subprocess
 import time
@@ -9,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import crbench_bin, require_container_support, run_crbench
 from test_native_cr import cr, need_root, prog, start, wait_for
 
-PROGS = ["tp_epoll", "tp_timerfd", "tp_signalfd", "tp_inotify", "tp_pty"]
+PROGS = ["tp_epoll", "tp_timerfd", "tp_signalfd", "tp_inotify", "tp_pty", "tp_udp", "tp_tcp"]
 
 
 def dump_restore(name, tmp_path, *argv):
@@ -31,3 +34,167 @@ def dump_restore(name, tmp_path, *argv):
 def test_program_survives_dump_restore(name, tmp_path):
     need_root()
     dump_restore(name, tmp_path)
+
+
+def test_tcp_peer_outside_the_tree_keeps_its_connection(tmp_path):
+    """pytest holds a TCP connection to the tree; the dump silences it (netfilter + TCP_REPAIR),
+    what pytest sends while the tree is gone is retransmitted to the restored copy, which answers
+    on the same connection."""
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_tcp"), str(go), "external"], tmp_path)
+    wait_for(log, "PORT")
+    port = int(log.read_text().split("PORT ")[1].split()[0])
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    f = s.makefile("rb")
+    assert f.readline() == b"hello\n"
+    wait_for(log, "READY")
+    d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img")
+    assert d.returncode == 0, d.stderr
+    assert p.wait(timeout=10) == -signal.SIGKILL
+    s.sendall(b"while-gone\n")  # dropped by the dump's rules, retransmitted to the copy
+    go.touch()
+    r = subprocess.Popen([crbench_bin(), "cr", "restore", "--images", str(tmp_path / "img")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert f.readline() == b"echo while-gone\n", log.read_text()
+        s.sendall(b"after\n")
+        assert f.readline() == b"echo after\n"
+        f.close()  # the makefile holds the socket open too
+        s.close()
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 0 and "PASS" in log.read_text(), err + log.read_text()
+    finally:
+        if r.poll() is None:
+            r.kill()
+            r.wait()
+
+
+REDIS_ONLY = """
+name = "redis-only"
+description = "redis-server alone; the host holds one TCP connection to it through the checkpoint"
+binaries = ["/usr/bin/redis-server"]
+host_packages = ["redis-server"]
+[params.port]
+default = 6379
+description = "redis port"
+[rest_of_system]
+tcp_peer_port = "{port}"
+tcp_peer_protocol = "redis"
+[[programs]]
+name = "redis"
+argv = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "0.0.0.0", "--protected-mode", "no",
+        "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", "/tmp"]
+"""
+
+
+def run_record(results_dir, *args):
+    p = run_crbench("run", *args, "--runtime", "container", "--engine", "native", "--mode", "stop-and-copy",
+                    "--results", results_dir, "--json", timeout=300)
+    try:
+        rec = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON record (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
+    assert p.returncode == 0 and rec["status"] == "ok", rec.get("error")
+    return {c["name"]: c for c in rec["fidelity"]["checks"]}
+
+
+def test_redis_in_container_keeps_the_hosts_tcp_connection(tmp_path, results_dir):
+    """redis-server in a container, the host holding one TCP connection to it (sequence-numbered
+    ECHOs): after native dump -> restore it is the same connection (redis CLIENT ID) and the
+    answers carry on."""
+    require_container_support()
+    if not Path("/usr/bin/redis-server").exists():
+        pytest.skip("redis-server not installed (scripts/packages)")
+    scen = tmp_path / "redis-only.toml"
+    scen.write_text(REDIS_ONLY)
+    checks = run_record(results_dir, scen, "--warmup-ms", "1000")
+    peer = checks["rest:tcp-peer"]
+    assert peer["result"] == "pass", peer
+    f = peer["figures"]
+    assert f["survived"] and f["round_trips_after_restore"] >= 1, f
+    assert f["server_connection_id"]["before"] == f["server_connection_id"]["after"], f
+
+
+def test_busybox_vi_in_a_pty_in_container(results_dir):
+    """editor-tty: crb-ptydrive holds the pty master and types into busybox vi (session leader,
+    the slave as controlling terminal); after native dump -> restore vi still echoes, saves the
+    lines in order and typing continues."""
+    require_container_support()
+    checks = run_record(results_dir, "editor-tty", "--warmup-ms", "2500")
+    for name in ("scenario:editor-consistent", "scenario:typing-continues", "process-tree", "fd-table"):
+        assert checks[name]["result"] == "pass", checks[name]
+
+
+REFUSALS = {
+    "posix-timer": "POSIX timers in process",
+    "udp-queued": "bytes of datagrams queued",
+    "tcp-backlog": "connections waiting to be accepted",
+    "tcp-closewait": "TCP state CLOSE_WAIT",
+    "pty-queued": "not yet read by the master",
+    "pty-external": "a pty whose master is outside the tree",
+    "inotify-gone": "is deleted",
+    "epoll-moved": "is no longer open at that number",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(REFUSALS))
+def test_known_gap_is_refused_by_name(mode, tmp_path):
+    """Each object the native engine cannot restore faithfully yet: the dump refuses it, naming
+    it, writes no image, and the tree runs on (it answers PASS afterwards)."""
+    need_root()
+    go = tmp_path / "go"
+    log = tmp_path / "out.log"
+    extra = {}
+    master = None
+    if mode == "pty-external":
+        master, slave = os.openpty()
+        # fd 5 in the child only (pytest's own fd 5 stays untouched).
+        extra = {"pass_fds": (5,), "preexec_fn": lambda: os.dup2(slave, 5)}
+    with open(log, "w") as out:
+        p = subprocess.Popen([prog("tp_netrefuse"), str(go), mode], stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, **extra)
+    if master is not None:
+        os.close(slave)
+    try:
+        wait_for(log, "READY")
+        d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img")
+        assert d.returncode != 0 and REFUSALS[mode] in d.stderr and "unsupported:" in d.stderr, d.stderr
+        assert not (tmp_path / "img" / "inventory.img").exists()
+        go.touch()
+        assert p.wait(timeout=10) == 0 and "PASS" in log.read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if master is not None:
+            os.close(master)
+
+
+def test_clocks_carry_on_in_a_time_namespace(tmp_path):
+    """A second passes between dump and restore, twice (the restored tree, in its own time
+    namespace, is dumped again): the tree's CLOCK_MONOTONIC and CLOCK_BOOTTIME carry on from where
+    they stopped, CLOCK_REALTIME shows the gap."""
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_timens"), str(go)], tmp_path)
+    wait_for(log, "READY")
+    time.sleep(0.1)
+    d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img1")
+    assert d.returncode == 0, d.stderr
+    assert p.wait(timeout=10) == -signal.SIGKILL
+    time.sleep(1)
+    r = cr("restore", "--detach", "--images", tmp_path / "img1")
+    assert r.returncode == 0, r.stderr
+    assert os.readlink(f"/proc/{p.pid}/ns/time") != os.readlink("/proc/self/ns/time")
+    time.sleep(0.2)
+    d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img2")
+    assert d.returncode == 0, d.stderr
+    time.sleep(1)
+    end = time.monotonic() + 10  # the killed copy's new parent (init) reaps it
+    while Path(f"/proc/{p.pid}").exists() and time.monotonic() < end:
+        time.sleep(0.05)
+    go.touch()
+    r = cr("restore", "--images", tmp_path / "img2")
+    out = log.read_text()
+    assert r.returncode == 0 and "PASS" in out, f"restore: {r.stderr}\nprogram: {out}"

@@ -1,8 +1,11 @@
 """The same self-checking test programs through both process-level engines: crbench's native engine
 (`crbench cr dump/restore`) and CRIU (the one set-up unpacked into .deps/criu), each as a plain
-process tree in stop-and-copy. Every program checks its own state after the restore and prints
-PASS or FAIL. The native engine must pass every program, and must never silently lose one CRIU
-restores. With CRBENCH_WRITE_DOCS=1 the measured table is written to docs/native-vs-criu.md."""
+process tree in stop-and-copy, and all of them in one container through
+`crbench run native-testprogs --runtime container --engine native|criu` (stop-and-copy). Every
+program checks its own state after the restore and prints PASS or FAIL. The native engine must pass
+every program, both ways. With CRBENCH_WRITE_DOCS=1 the measured table is written to
+docs/native-vs-criu.md."""
+import json
 import datetime
 import os
 import platform
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, crbench_bin
+from conftest import FREEZER, ROOT, crbench_bin, run_crbench
 
 PROGS = {
     "tp_memory": "heap, stack, a large patterned anonymous region, a PROT_READ page, a guard page",
@@ -45,6 +48,39 @@ def wait_text(path, texts, timeout):
     return None
 
 
+def tree_pids(root):
+    """root and its descendants (all threads' children)."""
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def wait_gone(pids, timeout=10):
+    """A stop-and-copy dump kills the tree; a restore needs its pids back. The root is reaped by
+    us, the orphans by init, which can take a moment: CRIU's restore fails with "Can't fork for
+    <pid>: File exists" (clone3 set_tid) if it starts before (the native engine's dump waits for
+    this itself)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.01)
+
+
+def criu_error(log):
+    """The error that failed a CRIU run. 'Can't setup RLIMIT_NOFILE for self' is logged on every
+    restore here and is not fatal: CRIU tries to raise its own fd limit to fs.nr_open, which needs
+    CAP_SYS_RESOURCE, and this machine's root lacks it (CapEff bit 24 clear)."""
+    errs = [l.split(": ", 1)[-1] for l in log.read_text().splitlines()
+            if "Error" in l and "RLIMIT_NOFILE for self" not in l]
+    return errs[0] if errs else None
+
+
 def run_one(engine, name, tmp):
     """Start the program, dump it (stop-and-copy), restore it; returns (verdict, detail)."""
     tmp.mkdir()
@@ -56,6 +92,7 @@ def run_one(engine, name, tmp):
     try:
         if not wait_text(log, ["READY"], 20):
             return "error", "the program never got ready"
+        pids = tree_pids(p.pid)
         if engine == "native":
             d = subprocess.run([crbench_bin(), "cr", "dump", "--tree", str(p.pid), "--images", str(img)],
                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
@@ -63,10 +100,10 @@ def run_one(engine, name, tmp):
             d = subprocess.run([str(CRIU), "dump", "-t", str(p.pid), "-D", str(img), "-o", "dump.log", "-v4"],
                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if d.returncode != 0:
-            why = d.stderr.strip().splitlines()[-1:] if engine == "native" else \
-                [l for l in (img / "dump.log").read_text().splitlines() if "Error" in l][-1:]
-            return "refused", (why[0] if why else f"exit {d.returncode}")[:200]
+            why = d.stderr.strip().splitlines()[-1] if engine == "native" else criu_error(img / "dump.log")
+            return "refused", (why or f"exit {d.returncode}")[:200]
         p.wait(timeout=10)
+        wait_gone(pids)
         go.touch()
         if engine == "native":
             r = subprocess.run([crbench_bin(), "cr", "restore", "--detach", "--images", str(img)],
@@ -77,8 +114,7 @@ def run_one(engine, name, tmp):
         if r.returncode != 0:
             if engine == "native":
                 return "restore failed", r.stderr.strip()[-200:]
-            errs = [l.split(": ", 1)[-1] for l in (img / "restore.log").read_text().splitlines() if "Error" in l]
-            return "restore failed", (errs[0] if errs else f"exit {r.returncode}")[:200]
+            return "restore failed", (criu_error(img / "restore.log") or f"exit {r.returncode}")[:200]
         got = wait_text(log, ["PASS", "FAIL"], 30)
         if got == "PASS":
             return "pass", ""
@@ -103,15 +139,50 @@ def criu_version():
     return v.stdout.strip().splitlines()[0]
 
 
+def run_container(engine, tmp):
+    """Every program in one container (scenarios/native-testprogs.toml); {program: (verdict, detail)}."""
+    if not (FREEZER / "cgroup.procs").exists():
+        return {n: ("not run", "no cgroup v1 freezer for the container runtime") for n in PROGS}
+    tmp.mkdir()
+    p = run_crbench("run", "native-testprogs", "--runtime", "container", "--engine", engine,
+                    "--mode", "stop-and-copy", "--results", tmp, "--json", timeout=300)
+    try:
+        rec = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        return {n: ("error", f"no run record (exit {p.returncode}): {p.stderr.strip()[-150:]}") for n in PROGS}
+    if rec["status"] != "ok":
+        err = rec.get("error") or {}
+        why = (err.get("message", "") if isinstance(err, dict) else str(err)).replace("\n", " ")
+        return {n: (rec["status"], why[-200:]) for n in PROGS}
+    checks = {c["name"]: c for c in rec["fidelity"]["checks"]}
+    out = {}
+    for n in PROGS:
+        c = checks.get("scenario:" + n)
+        if not c:
+            out[n] = ("error", "no check in the record")
+        elif c["result"] == "pass":
+            out[n] = ("pass", "")
+        else:
+            detail = c.get("detail", "")
+            fails = [l[len("FAIL: "):] for l in detail.split("; output: ", 1)[-1].splitlines() if l.startswith("FAIL: ")]
+            out[n] = ("fail", "; ".join(fails) if fails else detail[:200])
+    return out
+
+
 def test_both_engines_on_every_program(criu_version, tmp_path):
     rows = []
     for name, what in PROGS.items():
         n = run_one("native", name, tmp_path / f"{name}-native")
         c = run_one("criu", name, tmp_path / f"{name}-criu")
         rows.append((name, what, n, c))
+    nc = run_container("native", tmp_path / "container-native")
+    cc = run_container("criu", tmp_path / "container-criu")
+    rows = [(name, what, n, c, nc[name], cc[name]) for name, what, n, c in rows]
     if os.environ.get("CRBENCH_WRITE_DOCS") == "1":
         write_table(rows, criu_version)
-    problems = [f"{name}: native {n[0]} ({n[1]})" for name, _, n, _ in rows if n[0] != "pass"]
+    problems = [f"{name}: native {n[0]} ({n[1]})" for name, _, n, _, _, _ in rows if n[0] != "pass"]
+    problems += [f"{name}: native in a container {v[0]} ({v[1]})" for name, _, _, _, v, _ in rows
+                 if v[0] not in ("pass", "not run")]
     # Where CRIU restores a program, the native engine must too (it may only refuse, by name).
     assert not problems, "\n".join(problems)
 
@@ -129,13 +200,30 @@ def write_table(rows, criu_version):
         f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on kernel "
         f"{platform.release()}; CRIU: {criu_version}. Each program runs as a plain process tree, is dumped",
         "(stop-and-copy: the original is killed) and restored, then checks its own state and prints",
-        "PASS or FAIL. Sources: `host/engine/native/testprogs/`.",
+        "PASS or FAIL. The container columns run all of them as one tree in one container",
+        "(`crbench run native-testprogs --runtime container --engine native|criu --mode stop-and-copy`,",
+        "scenarios/native-testprogs.toml): same programs, same verdicts, read from the run's scenario",
+        "checks. Sources: `host/engine/native/testprogs/`.",
         "",
-        "| program | state it holds | native | CRIU |",
-        "|---|---|---|---|",
+        "| program | state it holds | native | CRIU | native (container) | CRIU (container) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, what, n, c in rows:
-        lines.append(f"| `{name}` | {what} | {cell(n)} | {cell(c)} |")
+    for name, what, n, c, nc, cc in rows:
+        lines.append(f"| `{name}` | {what} | {cell(n)} | {cell(c)} | {cell(nc)} | {cell(cc)} |")
+    notes = []
+    if any(c[0] == "fail" and "directory fd" in c[1] for _, _, _, c, _, cc in rows for c in (c, cc)):
+        notes.append("- CRIU `tp_files` \"directory fd\": after CRIU's restore, `fcntl(F_GETFL)` on the "
+                     "directory fd lacks `O_DIRECTORY` (fdinfo flags 0300000 before the dump, 0100000 after, seen "
+                     "with CRIU 4.2.1 here): CRIU reopens the directory without that open flag. The fd still "
+                     "refers to the directory; a program that checks its flags sees the difference. This is "
+                     "CRIU's, not the test setup's.")
+    notes.append("- Every CRIU restore here logs \"Can't setup RLIMIT_NOFILE for self: Operation not permitted\": "
+                 "CRIU tries to raise its own fd limit to fs.nr_open, which needs CAP_SYS_RESOURCE, and root on "
+                 "this machine runs without it. It is not fatal; earlier versions of this table showed it as the "
+                 "cause of tp_forktree/tp_session failing, but those failed because the harness restored before "
+                 "init had reaped the killed tree's orphans (\"Can't fork for <pid>: File exists\"); the harness "
+                 "now waits for every pid of the tree to be free, as the native engine's dump does itself.")
+    lines += ["", "Notes:", ""] + notes
     out = ROOT / "docs" / "native-vs-criu.md"
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")

@@ -165,6 +165,10 @@ int prepareContainerChild(const ContainerChildPlan& plan, const char** failedSte
     ::dup2(plan.logFd, 1);
     ::dup2(plan.logFd, 2);
   }
+  // Whatever crbench inherited without close-on-exec (fds of the shell that ran it) must not
+  // reach the container: the workload would hold them and checkpoint them (the native engine
+  // refused "pipe at fd 251 shared with a process outside the tree").
+  ::syscall(SYS_close_range, 3u, ~0u, 4u /* CLOSE_RANGE_CLOEXEC */);
 #undef CRB_STEP
   return 0;
 }

@@ -85,9 +85,15 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   c.opts = opts;
   Seizure seizure;
   c.seizure = &seizure;
+  // Declared after the seizure, so it runs before the tree is released on any return.
+  struct UndoGuard {
+    DumpCtx& c;
+    ~UndoGuard() { c.runUndo(); }
+  } undoGuard{c};
   auto t0 = Clock::now();
   if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
-  CRB_CHECK(seizure.seizeTree(root, opts.thaw));
+  CRB_CHECK(seizure.seizeTree(root, opts.thaw, opts.moreRoots));
+  CRB_CHECK(dumpClocks(c, root));  // namespaces.cpp: the clocks the tree stopped at
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);
   auto t1 = Clock::now();
@@ -115,6 +121,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpFiles(c));
   for (auto& ps : c.tree.procs)
     if (!ps.zombie) CRB_CHECK(dumpMemoryLayout(c, ps.pid, ps));
+  CRB_CHECK(dumpSysvIpc(c));
   c.stats.phasesMs["state"] = msSince(t1);
   if (!c.unsupported.empty()) {
     std::string all;
@@ -180,9 +187,11 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   }
   c.stats.frozenMs = msSince(t0);
   if (opts.leaveRunning) {
+    c.runUndo();
     seizure.release();
   } else {
     CRB_CHECK(seizure.killAll(opts.reapKilled));
+    c.undo.clear();  // TCP sockets close silently in repair mode; their netfilter rules stay for the restore
   }
   opts.mark("resumed");
   return c.stats;

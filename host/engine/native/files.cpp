@@ -186,6 +186,7 @@ Status dumpFiles(DumpCtx& c) {
           p.writerInTree = true;
         }
         if (!c.pipeAny.count(pid)) c.pipeAny[pid] = {ps.pid, fd};
+      } else if (dumpInetSocket(c, ps.pid, fd, st, f, what)) {
       } else if (dumpTtyFile(c, ps.pid, fd, path, st, f, what)) {
       } else if (S_ISSOCK(st.st_mode) && dumpUnixSocketFd(c, ps.pid, fd, f, what)) {
         // unix_sockets.cpp
@@ -288,7 +289,7 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
     // after the shmem objects exist.
     if ((f.kind == "memfd") != memfdPass) continue;
     if (c.fileFds.count(f.id)) continue;  // opened early with another (a pty master with its slave)
-    if (f.kind == "unix") continue;  // createUnixSockets(), once in the tree's namespaces
+    if (f.kind == "unix" || f.kind == "netlink") continue;  // createUnixSockets(), in the tree's namespaces
     std::string what = f.kind + " " + f.path;
     int fd = -1;
     int openFlags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
@@ -324,6 +325,8 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
       ::lseek(fd, off_t(f.pos), SEEK_SET);
     } else if (isEventKind(f.kind)) {
       CRB_ASSIGN(fd, openEventFile(c, f));
+    } else if (isInetKind(f.kind)) {
+      CRB_ASSIGN(fd, openInetSocket(c, f));
     } else if (isTtyKind(f.kind)) {
       CRB_ASSIGN(fd, openTtyFile(c, f));
     } else if (f.kind == "stdio") {

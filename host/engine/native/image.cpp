@@ -119,6 +119,12 @@ Status ImageWriter::write(const void* data, size_t len) {
   return writeAllAt(fd_.get(), data, len, -1, tmp_);
 }
 
+Status ImageWriter::writeChecked(const void* data, size_t len, uint32_t crcAfter) {
+  crc_ = crcAfter;
+  size_ += len;
+  return writeAllAt(fd_.get(), data, len, -1, tmp_);
+}
+
 Status ImageWriter::commit(bool sync) {
   Header h{};
   std::memcpy(h.magic, kMagic, sizeof kMagic);

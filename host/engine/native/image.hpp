@@ -33,6 +33,10 @@ class ImageWriter {
   ImageWriter& operator=(ImageWriter&&) noexcept;
   ~ImageWriter();  // an unfinished writer removes its temp file
   Status write(const void* data, size_t len);
+  // As write(), for a caller that has already checksummed the data: `crcAfter` is
+  // payloadCrc(data, len, crc()).
+  Status writeChecked(const void* data, size_t len, uint32_t crcAfter);
+  uint32_t crc() const { return crc_; }
   uint64_t size() const { return size_; }
   // Finalize the header, optionally fdatasync, and rename into place.
   Status commit(bool sync);

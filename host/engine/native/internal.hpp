@@ -50,7 +50,8 @@ class Seizure {
   // With `thaw` (a container): called while the tree's cgroup is frozen; every thread is seized
   // and interrupted while frozen, then thaw() lets each run straight into its ptrace stop, so no
   // thread runs user code between the first and the last seize. thaw() is always called.
-  Status seizeTree(pid_t root, const std::function<Status()>& thaw = {});
+  // `moreRoots`: sibling trees dumped together with root's (a container's programs under its init).
+  Status seizeTree(pid_t root, const std::function<Status()>& thaw = {}, const std::vector<pid_t>& moreRoots = {});
   // Holds one process (all its threads, not its children) without waiting for it to stop; used
   // for a container's init while its frozen cgroup is dumped. waitPending() collects the stops.
   Status holdProcess(pid_t pid);
@@ -102,6 +103,13 @@ struct DumpCtx {
   }
   int shmemFor(uint64_t dev, uint64_t ino, uint64_t size, const std::string& name, const std::string& source);
   void refuse(const std::string& what) { unsupported.push_back("unsupported: " + what); }
+  // What the dump changed in the tree's kernel objects (TCP repair mode, netfilter rules), put
+  // back before the tree runs again; dropped when the dump ends by killing the tree.
+  std::vector<std::function<void()>> undo;
+  void runUndo() {
+    for (auto it = undo.rbegin(); it != undo.rend(); ++it) (*it)();
+    undo.clear();
+  }
   ProcessState& proc(pid_t pid);
 };
 
@@ -176,6 +184,26 @@ Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after r
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
 Status resolveUnixSockets(DumpCtx& c);
 Status createUnixSockets(RestoreCtx& c);
+// inet_sockets.cpp: UDP, TCP listen/established (TCP_REPAIR, netfilter lock).
+bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDesc& f, const std::string& what);
+bool isInetKind(const std::string& kind);
+Result<int> openInetSocket(RestoreCtx& c, const FileDesc& f);
+Status finishInetSockets(RestoreCtx& c);  // before the tree is released: TCP leaves repair mode
+Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath);  // after a restore
+// namespaces.cpp: the tree's clocks (time namespace).
+Status dumpClocks(DumpCtx& c, pid_t root);  // right after the seize
+Status enterTimeNamespace(RestoreCtx& c);   // before the root is cloned
+
+// sysv_ipc.cpp: a /SYSV mapping (memory.cpp), the objects (after the memory layout), and the
+// restore: prepare before the restorer changes namespaces, objects after, attaches per process,
+// finish at the end (ok or not).
+struct MapsLine;
+bool dumpSysvShmVma(DumpCtx& c, pid_t pid, const MapsLine& m, Vma& v);
+Status dumpSysvIpc(DumpCtx& c);
+Status prepareSysvIpc(RestoreCtx& c);
+Status restoreSysvIpc(RestoreCtx& c);
+Status restoreSysvShmVma(RestoreCtx& c, pid_t pid, const Vma& v);
+void finishSysvIpc(RestoreCtx& c, bool ok);
 
 std::string pathInTree(const std::string& prefix, const std::string& path);
 

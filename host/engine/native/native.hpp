@@ -37,6 +37,9 @@ struct DumpOptions {
   // Connections to outside the tree the user accepts (`--external unix:<inode or name>`): restored
   // by connecting to the peer's name again.
   std::vector<std::string> external;
+  // Sibling trees dumped with the root's into one image (a container's programs, each a child of
+  // its init): restored as siblings, each created by the restorer.
+  std::vector<pid_t> moreRoots;
   // Pre-copy or copy-on-write (capture.hpp): the dump takes the memory through this, lets the
   // tree run again as soon as everything is captured and writes the pages afterwards (leave-running).
   MemoryCapture* capture = nullptr;

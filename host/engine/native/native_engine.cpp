@@ -149,12 +149,14 @@ class NativeEngine : public Engine {
       if (c->freezerState() == "THAWED") guard->noteThawed();
     };
     auto children = native::listChildren(agent);
-    if (children.size() != 1) {
+    // Every program the agent started is a tree of its own: all of them go into one image (the
+    // agent, their parent, is held, not dumped). Pre-copy tracks one tree only.
+    if (children.empty() || (precopy && children.size() != 1)) {
       thawIfFrozen();
       releaseAgent();
       return Error{children.empty() ? "native engine: the agent has no workload process to checkpoint"
-                                        : fmt::format("native engine: unsupported: {} workload trees under the agent "
-                                                      "(one is supported)", children.size()),
+                                        : fmt::format("native engine: unsupported: pre-copy of {} workload trees under "
+                                                      "the agent (one is supported)", children.size()),
                        "the workload's programs are checkpointed as one tree: start one program that starts the rest",
                    children.empty() ? 1 : kUnsupportedExitCode};
     }
@@ -168,6 +170,7 @@ class NativeEngine : public Engine {
     native::DumpOptions o;
     o.leaveRunning = leave;
     o.nsReference = agent;
+    o.moreRoots.assign(children.begin() + 1, children.end());
     o.rootPrefix = c->rootDir().string();
     o.reapKilled = [this] { reapAgentZombies(); };
     // The agent is still held when dumpTree releases or kills the tree: marks come from here.

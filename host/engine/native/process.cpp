@@ -111,7 +111,7 @@ Status Seizure::holdProcess(pid_t pid) {
   return success();
 }
 
-Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
+Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw, const std::vector<pid_t>& moreRoots) {
   if (auto g = useGuardian(); !g.ok()) {
     if (thaw) (void)thaw();
     return g;
@@ -120,6 +120,7 @@ Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
     // Frozen: nothing forks or exits under us, so one walk finds every thread.
     Status walked = success();
     std::vector<pid_t> queue{root};
+    queue.insert(queue.end(), moreRoots.begin(), moreRoots.end());
     while (!queue.empty() && walked.ok()) {
       pid_t p = queue.front();
       queue.erase(queue.begin());
@@ -141,6 +142,7 @@ Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw) {
   for (bool changed = true; changed;) {
     changed = false;
     std::vector<pid_t> queue{root}, seen;
+    queue.insert(queue.end(), moreRoots.begin(), moreRoots.end());
     while (!queue.empty()) {
       pid_t p = queue.front();
       queue.erase(queue.begin());
@@ -377,9 +379,15 @@ Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps) {
   }
   if (ps.cwd.find(" (deleted)") != std::string::npos)
     c.refuse(fmt::format("process {} has a deleted working directory", pid));
-  for (const char* ns : {"mnt", "net", "ipc", "uts", "pid", "user", "cgroup", "time"}) {
+  // The time namespace is namespaces.cpp's (a restored tree has one of its own).
+  for (const char* ns : {"mnt", "net", "ipc", "uts", "pid", "user", "cgroup"}) {
     auto mine = readLink(fmt::format("/proc/{}/ns/{}", c.opts.nsReference ? c.opts.nsReference : ::getpid(), ns));
     auto theirs = readLink(fmt::format("/proc/{}/ns/{}", pid, ns));
+    // An IPC namespace the whole tree shares is carried (sysv_ipc.cpp).
+    if (std::string(ns) == "ipc" && theirs.ok() && c.seizure && !c.seizure->order.empty() &&
+        readLink(fmt::format("/proc/{}/ns/ipc", c.seizure->order[0])).ok() &&
+        *readLink(fmt::format("/proc/{}/ns/ipc", c.seizure->order[0])) == *theirs)
+      continue;
     if (mine.ok() && theirs.ok() && *mine != *theirs)
       c.refuse(fmt::format("process {} in its own {} namespace ({})", pid, ns, *theirs));
   }

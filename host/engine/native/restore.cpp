@@ -103,6 +103,7 @@ class Restorer {
       for (pid_t t : c_.traced) ::waitpid(t, nullptr, __WALL | WNOHANG);
     }
     closeTracerFds();
+    finishSysvIpc(c_, ok_);
     if (c_.boot) ::munmap(reinterpret_cast<void*>(c_.boot), kBootSize);
   }
   void closeTracerFds() {
@@ -217,14 +218,25 @@ Status Restorer::run() {
   CRB_CHECK(blobs.verifyComplete());
   CRB_CHECK(openMappedFiles(c_));
   CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
+  CRB_CHECK(prepareSysvIpc(c_));
   for (int fd : c_.opts.setnsBeforeTree)
     if (::setns(fd, 0) != 0) return sysError("join the target's namespaces (setns)", errno);
   CRB_CHECK(createUnixSockets(c_));
+  CRB_CHECK(restoreSysvIpc(c_));
+  CRB_CHECK(enterTimeNamespace(c_));  // namespaces.cpp: the tree's clocks carry on
   c_.result.phasesMs["prepare"] = msSince(t0);
 
   auto t1 = Clock::now();
   if (c_.tree.procs.empty()) return makeError("image holds no process");
   CRB_CHECK(createRoot(c_.tree.procs[0]));
+  // Sibling trees of the image (parent outside it) are created by the restorer too.
+  pid_t firstRoot = c_.result.rootPid;
+  for (auto& ps : c_.tree.procs)
+    if (&ps != &c_.tree.procs[0] && !c_.find(ps.ppid)) {
+      if (ps.zombie) return makeError(fmt::format("process {} is a zombie without a parent in the image", ps.pid));
+      CRB_CHECK(createRoot(ps));
+    }
+  c_.result.rootPid = firstRoot;
   CRB_CHECK(createTree());
   c_.result.phasesMs["fork"] = msSince(t1);
 
@@ -276,6 +288,7 @@ Status Restorer::run() {
     CRB_CHECK(finishThreads(c_, ps));
   }
   c_.result.phasesMs["finish"] = msSince(t3);
+  CRB_CHECK(finishInetSockets(c_));
   // Release: every thread leaves its ptrace stop with its own registers.
   for (auto& ps : c_.tree.procs)
     if (!ps.zombie)
@@ -328,6 +341,7 @@ static Result<RestoreResult> restoreInNamespaces(const std::filesystem::path& di
       o.joinNamespacesOf = 0;
       o.joinCgroups.clear();
       o.setnsBeforeTree = {ns["mnt"].get(), ns["net"].get(), ns["ipc"].get(), ns["uts"].get()};
+      o.netnsFd = ns["net"].get();  // sockets are created before the tree joins it
       // Through our fd: after the mount namespace changes, the host path is out of reach.
       auto r = restoreTree(fmt::format("/proc/self/fd/{}", dirFd.get()), o);
       Json j;
@@ -372,17 +386,30 @@ static Result<RestoreResult> restoreInNamespaces(const std::filesystem::path& di
 
 Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const RestoreOptions& opts) {
   if (::geteuid() != 0) return makeError("the native engine needs root (ptrace, clone3 set_tid)", "run as root");
-  if (opts.joinNamespacesOf > 0) return restoreInNamespaces(dir, opts);
+  // Either way the dump's netfilter rules go: the copy's TCP connections may talk again, or, the
+  // restore having failed, nothing is left behind (those connections are lost with the tree).
+  if (opts.joinNamespacesOf > 0) {
+    auto r = restoreInNamespaces(dir, opts);
+    auto u = unlockTcp(dir, fmt::format("/proc/{}/ns/net", opts.joinNamespacesOf));
+    if (r.ok() && !u.ok()) return u.error();
+    return r;
+  }
   RestoreCtx c;
   c.dir = dir;
   c.opts = opts;
   CRB_ASSIGN(c.tree, loadTree(dir, nullptr));
   auto t0 = Clock::now();
+  Status st = success();
   {
     Restorer r(c);
-    auto st = r.run();
-    if (!st.ok()) return st.error().context("restore from " + dir.string());
+    st = r.run();
   }
+  // A restorer inside a container's mounts has no iptables: restoreInNamespaces' caller unlocks.
+  if (c.opts.setnsBeforeTree.empty()) {
+    auto u = unlockTcp(dir, c.opts.netnsFd >= 0 ? fmt::format("/proc/self/fd/{}", c.opts.netnsFd) : "/proc/self/ns/net");
+    if (st.ok() && !u.ok()) return u.error();
+  }
+  if (!st.ok()) return st.error().context("restore from " + dir.string());
   c.result.phasesMs["total"] = msSince(t0);
   return c.result;
 }

@@ -66,7 +66,14 @@ Status restoreSignals(RestoreCtx& c, const ProcessState& ps) {
     CRB_ASSIGN(auto v, fromHex(ps.itimers[which]));
     itimerval z{};
     if (v.size() != sizeof z || std::memcmp(v.data(), &z, sizeof z) == 0) continue;
-    CRB_CHECK(writeMem(ps.pid, s, v.data(), v.size()));
+    itimerval it{};
+    std::memcpy(&it, v.data(), sizeof it);
+    // An ITIMER_REAL that has fired and whose SIGALRM is still pending reads as value 0: the
+    // kernel re-arms it only when that SIGALRM is dequeued. setitimer with value 0 would disarm
+    // it for good, so it is set to fire at once: its SIGALRM merges with the pending one and the
+    // dequeue re-arms it, as it would have.
+    if (which == ITIMER_REAL && it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0) it.it_value.tv_usec = 1;
+    CRB_CHECK(writeMem(ps.pid, s, &it, sizeof it));
     CRB_CHECK(inj.check("setitimer", SYS_setitimer, which, s, 0));
   }
   return success();

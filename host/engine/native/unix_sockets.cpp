@@ -246,12 +246,43 @@ bool markedExternal(const DumpCtx& c, uint64_t ino, const std::string& peerName)
 
 }  // namespace
 
+// A netlink socket that only talks to the kernel (dbus-daemon's audit socket): no multicast
+// groups, no fixed destination, nothing queued. Recreated with the same protocol and port id.
+static bool dumpNetlinkFd(DumpCtx& c, int g, FileDesc& f, const std::string& what) {
+  int type = 0, proto = 0;
+  socklen_t l = sizeof type;
+  ::getsockopt(g, SOL_SOCKET, SO_TYPE, &type, &l);
+  l = sizeof proto;
+  ::getsockopt(g, SOL_SOCKET, SO_PROTOCOL, &proto, &l);
+  sockaddr_nl me{}, peer{};
+  l = sizeof me;
+  ::getsockname(g, reinterpret_cast<sockaddr*>(&me), &l);
+  l = sizeof peer;
+  ::getpeername(g, reinterpret_cast<sockaddr*>(&peer), &l);
+  std::string w = fmt::format("{}: netlink socket (protocol {})", what, proto);
+  uint32_t groups[32] = {};
+  l = sizeof groups;
+  bool anyGroup = me.nl_groups != 0;
+  if (::getsockopt(g, 270 /*SOL_NETLINK*/, 9 /*NETLINK_LIST_MEMBERSHIPS*/, groups, &l) == 0)
+    for (size_t i = 0; i < std::min<size_t>(32, l / 4); i++) anyGroup = anyGroup || groups[i];
+  char b;
+  bool queued = ::recv(g, &b, 1, MSG_PEEK | MSG_DONTWAIT) >= 0;
+  if (anyGroup) c.refuse(w + " subscribed to multicast groups");
+  if (peer.nl_pid || peer.nl_groups) c.refuse(w + " connected to a fixed destination");
+  if (queued) c.refuse(w + " with messages queued");
+  f.kind = "netlink";
+  f.detail = Json{{"type", type}, {"protocol", proto}, {"portid", me.nl_pid}};
+  return true;
+}
+
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what) {
   auto g = grabFd(pid, fd);
   if (!g.ok()) return false;
   int dom = 0;
   socklen_t l = sizeof dom;
-  if (::getsockopt(g->get(), SOL_SOCKET, SO_DOMAIN, &dom, &l) != 0 || dom != AF_UNIX) return false;
+  if (::getsockopt(g->get(), SOL_SOCKET, SO_DOMAIN, &dom, &l) == 0 && dom == AF_NETLINK)
+    return dumpNetlinkFd(c, g->get(), f, what);
+  if (dom != AF_UNIX) return false;
   auto& ds = gDump[&c];
   UnixSocket s;
   s.id = int(c.tree.unixSockets.size());
@@ -634,7 +665,11 @@ Status SocketBuilder::sendQueue(const UnixSocket& s, const std::string& data) {
 
 Status SocketBuilder::run() {
   auto& socks = c_.tree.unixSockets;
-  CRB_ASSIGN(auto queues, RawImageReader::open(c_.dir, kQueueImage));
+  std::optional<RawImageReader> queues;
+  if (!socks.empty()) {
+    CRB_ASSIGN(auto q, RawImageReader::open(c_.dir, kQueueImage));
+    queues.emplace(std::move(q));
+  }
   // 1. Listeners and unconnected sockets, with their names.
   for (auto& s : socks) {
     if (s.state == -1) continue;  // stood in for by stdio
@@ -730,11 +765,11 @@ Status SocketBuilder::run() {
     uint64_t len = 0;
     for (auto n : s.packets) len += n;
     std::string data(len, '\0');
-    CRB_CHECK(queues.read(data.data(), data.size()));
+    CRB_CHECK(queues->read(data.data(), data.size()));
     if (s.state == -1 || s.packets.empty()) continue;
     CRB_CHECK(sendQueue(s, data));
   }
-  CRB_CHECK(queues.verifyComplete());
+  if (queues) CRB_CHECK(queues->verifyComplete());
   for (auto& [id, fd] : closedPeer_) ::close(fd);
   closedPeer_.clear();
   for (auto& s : socks) {
@@ -757,6 +792,21 @@ Status SocketBuilder::run() {
     if (s.peekOff >= 0) ::setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &s.peekOff, sizeof s.peekOff);
   }
   for (auto& f : c_.tree.files) {
+    if (f.kind == "netlink") {
+      int proto = f.detail.value("protocol", 0);
+      Fd s(::socket(AF_NETLINK, f.detail.value("type", SOCK_RAW) | SOCK_CLOEXEC, proto));
+      if (!s.valid()) return sysError(fmt::format("create a netlink socket (protocol {})", proto), errno);
+      sockaddr_nl a{};
+      a.nl_family = AF_NETLINK;
+      a.nl_pid = f.detail.value("portid", 0u);
+      if (a.nl_pid && ::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+        return sysError(fmt::format("bind a netlink socket (protocol {}) to port id {}", proto, a.nl_pid), errno);
+      if (::fcntl(s.get(), F_SETFL, f.flags & ~O_ACCMODE) != 0) return sysError("set file flags of a netlink socket", errno);
+      int hi = ::fcntl(s.get(), F_DUPFD, c_.fdBase);
+      if (hi < 0) return sysError("move a netlink socket's fd up", errno);
+      c_.fileFds[f.id] = hi;
+      continue;
+    }
     if (f.kind != "unix") continue;
     int fd = fds_.at(f.object);
     if (::fcntl(fd, F_SETFL, f.flags & ~O_ACCMODE) != 0) return sysError("set file flags of a unix socket", errno);
@@ -771,7 +821,7 @@ Status SocketBuilder::run() {
 
 Status createUnixSockets(RestoreCtx& c) {
   bool any = false;
-  for (auto& f : c.tree.files) any = any || f.kind == "unix";
+  for (auto& f : c.tree.files) any = any || f.kind == "unix" || f.kind == "netlink";
   if (!any && c.tree.unixSockets.empty()) return success();
   SocketBuilder b(c);
   return b.run();

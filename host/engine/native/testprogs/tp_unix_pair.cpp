@@ -2,6 +2,7 @@
 // byte run, datagram and seqpacket record boundaries, an empty datagram), a half-shut stream, a
 // stream whose peer was closed with data still queued, O_NONBLOCK and buffer sizes.
 #include <fcntl.h>
+#include <linux/netlink.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
@@ -44,6 +45,14 @@ int main(int argc, char** argv) {
   int sndbuf = 0;
   socklen_t l = sizeof sndbuf;
   getsockopt(st[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, &l);
+  // A netlink socket talking to the kernel only (like dbus-daemon's audit socket), bound.
+  int nl = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+  sockaddr_nl na{};
+  na.nl_family = AF_NETLINK;
+  bind(nl, reinterpret_cast<sockaddr*>(&na), sizeof na);
+  socklen_t nal = sizeof na;
+  getsockname(nl, reinterpret_cast<sockaddr*>(&na), &nal);
+  uint32_t portid = na.nl_pid;
   pid_t child = fork();
   if (child == 0) {
     // The child holds the other ends: it answers on the stream after the go file appears.
@@ -89,6 +98,12 @@ int main(int argc, char** argv) {
   l = sizeof type;
   getsockopt(sp[0], SOL_SOCKET, SO_TYPE, &type, &l);
   tp::check(type == SOCK_SEQPACKET, "socket type");
+  nal = sizeof na;
+  getsockname(nl, reinterpret_cast<sockaddr*>(&na), &nal);
+  l = sizeof type;
+  getsockopt(nl, SOL_SOCKET, SO_PROTOCOL, &type, &l);
+  tp::check(na.nl_pid == portid && portid != 0 && type == NETLINK_ROUTE, "netlink socket port id %u (was %u)",
+            na.nl_pid, portid);
   int status = 0;
   waitpid(child, &status, 0);
   tp::check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child exited cleanly");
