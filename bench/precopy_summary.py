@@ -180,20 +180,25 @@ def main():
             ck = metric(row, "checkpoint_downtime_ms")
             dt = metric(row, "downtime_ms")
             rows.append((int(size), row["runtime"], row["engine"], row["mode"], row.get("n", 0), ck, dt,
-                         row.get("status", ""), f.stem))
+                         row.get("status", ""), f.stem, metric(row, "image_bytes")))
     for row in main["combinations"]:
         ck = metric(row, "checkpoint_downtime_ms")
         dt = metric(row, "downtime_ms")
         rows.append((int(params(main).get("size_mib", 0)), row["runtime"], row["engine"], row["mode"],
-                     row.get("n", 0), ck, dt, row.get("status", ""), "main"))
+                     row.get("n", 0), ck, dt, row.get("status", ""), "main", metric(row, "image_bytes")))
     if rows:
         p("Scaling (checkpoint downtime ms, median of n; 1 GiB from the main run):\n")
-        p("| MiB | runtime | engine | mode | n | checkpoint downtime ms | downtime incl. restore ms | status | compare run |")
-        p("|---:|---|---|---|---:|---:|---:|---|---|")
-        for size, rt, en, mo, n, ck, dt, st, src in sorted(rows, key=lambda x: (x[2], x[3], x[0], x[8])):
+        p("Image MiB (min–max) is what was resident at the checkpoint: a workload still filling its memory "
+          "when the checkpoint began has a smaller image than its size parameter.\n")
+        p("| MiB | runtime | engine | mode | n | image MiB (min–max) | checkpoint downtime ms | downtime incl. restore ms "
+          "| status | compare run |")
+        p("|---:|---|---|---|---:|---:|---:|---:|---|---|")
+        for size, rt, en, mo, n, ck, dt, st, src, im in sorted(rows, key=lambda x: (x[2], x[3], x[0], x[8])):
             if n == 0 and not ck:
                 continue
-            p(f"| {size} | {rt} | {en} | {mo} | {n} | {fmt(ck[0], 2) if ck else '-'} | {fmt(dt[0]) if dt else '-'} | {st} | {src} |")
+            ims = f"{fmt(im[1] / 2**20)}–{fmt(im[2] / 2**20)}" if im else "-"
+            p(f"| {size} | {rt} | {en} | {mo} | {n} | {ims} | {fmt(ck[0], 2) if ck else '-'} | {fmt(dt[0]) if dt else '-'} "
+              f"| {st} | {src} |")
 
 
 if __name__ == "__main__":
