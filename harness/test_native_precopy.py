@@ -41,11 +41,26 @@ def wait_for(path, text, timeout=30):
     raise AssertionError(f"{path} never showed {text!r}: {path.read_text() if path.exists() else ''}")
 
 
+_started = []
+
+
+@pytest.fixture(autouse=True)
+def kill_leftovers():
+    """A failing test must not leave its program running (or a restored copy of it)."""
+    yield
+    while _started:
+        p = _started.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def start(argv, tmp_path):
     log = tmp_path / "out.log"
     with open(log, "w") as f:
         p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True, close_fds=True)
+    _started.append(p)
     return p, log
 
 
