@@ -202,14 +202,15 @@ def thread_states(pid):
     return out
 
 
-def kill_dumper(pid, img, delay=None, fault=None):
+def kill_dumper(pid, img, delay=None, fault=None, cgroup=None):
     """One dump of pid --leave-running, SIGKILLed after `delay` seconds or by itself at the fault
     point `fault` (CRBENCH_NATIVE_FAULT). Returns stderr of the dumper and its guardian, read to its
     end: the guardian holds it until it has put the workload back, so this also waits for it."""
     env = dict(os.environ)
     if fault:
         env["CRBENCH_NATIVE_FAULT"] = fault
-    d = subprocess.Popen([crbench_bin(), "cr", "dump", "--leave-running", "--no-sync", "--tree", str(pid),
+    extra = ["--freeze-cgroup", str(cgroup)] if cgroup else []
+    d = subprocess.Popen([crbench_bin(), "cr", "dump", "--leave-running", "--no-sync", *extra, "--tree", str(pid),
                           "--images", str(img)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          close_fds=True, env=env, text=True)
     if delay is not None:
@@ -225,46 +226,73 @@ def kill_dumper(pid, img, delay=None, fault=None):
 
 def test_dumper_killed_at_random_points_leaves_workload_running(tmp_path):
     """The dumper SIGKILLed at random times (20 runs) and, deterministically, inside each kind of
-    window where it has changed the workload (12 runs: an injected system call's registers set, at
-    its entry and exit stops, the group stop being set up): every time the workload keeps running,
-    untraced, unstopped, with its original signal masks, and at the end its threads' registers
-    (AVX-512 included) and state check out (PASS)."""
+    window where it has changed the workload (14 runs: an injected system call's registers set, at
+    its entry and exit stops, the group stop being set up, the tree's cgroup frozen): every time the
+    workload keeps running, untraced, unstopped, its cgroup thawed, with its original signal masks,
+    and at the end its threads' registers (AVX-512 included) and state check out (PASS). Half of
+    the runs freeze the workload's cgroup during the seize (`--freeze-cgroup`, as a container dump
+    does) when the cgroup v1 freezer is there."""
     need_root()
     go = tmp_path / "go"
     p, log = start([prog("tp_threads"), str(go)], tmp_path)
     wait_for(log, "READY")
-    before = thread_states(p.pid)
-    assert len(before) >= 3, before
-    rng = random.Random(int(os.environ.get("CRBENCH_TEST_SEED", "7")))
-    runs = [("delay", rng.uniform(0, 0.15)) for _ in range(20)]
-    runs += [("fault", f"{pt}:{rng.randint(1, 14)}") for pt in ("inject-set", "inject-entry", "inject-exit")
-             for _ in range(3)]
-    runs += [("fault", "safety-stop:1"), ("fault", "inject-set:1"), ("fault", "inject-exit:1")]
-    put_back = 0
-    for i, (kind, arg) in enumerate(runs):
-        rc, err = kill_dumper(p.pid, tmp_path / f"img{i}", **({"delay": arg} if kind == "delay" else {"fault": arg}))
-        what = f"run {i} ({kind} {arg}, dumper exit {rc})"
-        assert p.poll() is None, f"{what}: the workload died ({p.returncode}): {log.read_text()}\n{err}"
-        if kind == "fault":
-            assert rc == -signal.SIGKILL, f"{what}: the fault point was not reached: {err}"
-            assert "put back the registers" in err, f"{what}: {err}"
-            put_back += 1
-        # The guardian has exited (stderr closed); give the SIGCONT a moment to reach every thread.
-        end = time.monotonic() + 5
-        while time.monotonic() < end:
+    freezer = Path("/sys/fs/cgroup/freezer")
+    cg = freezer / f"crbench-test-{os.getpid()}" if (freezer / "cgroup.procs").exists() else None
+    try:
+        if cg:
+            cg.mkdir()
+            (cg / "cgroup.procs").write_text(str(p.pid))
+        before = thread_states(p.pid)
+        assert len(before) >= 3, before
+        rng = random.Random(int(os.environ.get("CRBENCH_TEST_SEED", "7")))
+        runs = [("delay", rng.uniform(0, 0.15)) for _ in range(20)]
+        runs += [("fault", f"{pt}:{rng.randint(1, 14)}") for pt in ("inject-set", "inject-entry", "inject-exit")
+                 for _ in range(3)]
+        runs += [("fault", "safety-stop:1"), ("fault", "inject-set:1"), ("fault", "inject-exit:1")]
+        if cg:
+            runs += [("fault", "frozen:1"), ("fault", "frozen:1")]
+        put_back = 0
+        for i, (kind, arg) in enumerate(runs):
+            use_cg = cg if cg and (i % 2 == 0 or arg == "frozen:1") else None
+            rc, err = kill_dumper(p.pid, tmp_path / f"img{i}", cgroup=use_cg,
+                                  **({"delay": arg} if kind == "delay" else {"fault": arg}))
+            what = f"run {i} ({kind} {arg}{', frozen cgroup' if use_cg else ''}, dumper exit {rc})"
+            assert p.poll() is None, f"{what}: the workload died ({p.returncode}): {log.read_text()}\n{err}"
+            if kind == "fault":
+                assert rc == -signal.SIGKILL, f"{what}: the fault point was not reached: {err}"
+                want = "thawed" if arg == "frozen:1" else "put back the registers"
+                assert want in err, f"{what}: {err}"
+                put_back += 1
+            if cg:
+                assert (cg / "freezer.state").read_text().strip() == "THAWED", f"{what}: cgroup left frozen\n{err}"
+            # The guardian has exited (stderr closed); give the SIGCONT a moment to reach every thread.
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
+                now = thread_states(p.pid)
+                if not any(s[0].startswith(("t", "T")) for s in now.values()):
+                    break
+                time.sleep(0.02)
             now = thread_states(p.pid)
-            if not any(s[0].startswith(("t", "T")) for s in now.values()):
-                break
-            time.sleep(0.02)
-        now = thread_states(p.pid)
-        for tid, (state, blk, tracer) in now.items():
-            assert tracer == "0", f"{what}: thread {tid} still traced by {tracer}\n{err}"
-            assert not state.startswith(("t", "T")), f"{what}: thread {tid} is {state}\n{err}"
-            assert blk == before[tid][1], f"{what}: thread {tid} signal mask {blk}, was {before[tid][1]}\n{err}"
-    assert put_back == 12
-    go.touch()
-    rc = p.wait(timeout=20)
-    assert rc == 0 and "PASS" in log.read_text(), log.read_text()
+            for tid, (state, blk, tracer) in now.items():
+                assert tracer == "0", f"{what}: thread {tid} still traced by {tracer}\n{err}"
+                assert not state.startswith(("t", "T")), f"{what}: thread {tid} is {state}\n{err}"
+                assert blk == before[tid][1], f"{what}: thread {tid} signal mask {blk}, was {before[tid][1]}\n{err}"
+        assert put_back == (14 if cg else 12)
+        go.touch()
+        rc = p.wait(timeout=20)
+        assert rc == 0 and "PASS" in log.read_text(), log.read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if cg and cg.exists():
+            (cg / "freezer.state").write_text("THAWED")
+            for _ in range(100):
+                try:
+                    cg.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.05)
 
 
 def test_restore_failing_midway_leaves_no_process(tmp_path):

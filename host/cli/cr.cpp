@@ -22,6 +22,7 @@ struct CrOptions {
   bool noSync = false;
   bool detach = false;
   bool json = false;
+  std::string freezeCgroup;
   std::vector<std::string> external;
   bool preCopy = false;
   bool cow = false;
@@ -41,6 +42,9 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
   dump->add_flag("--leave-running,-R", o->leaveRunning, "let the tree continue after the dump (default: it is killed)");
   dump->add_flag("--no-sync", o->noSync, "do not fdatasync image files (faster on disks; tmpfs does not care)");
   dump->add_flag("--json", o->json, "print figures as JSON");
+  dump->add_option("--freeze-cgroup", o->freezeCgroup,
+                   "cgroup v1 freezer directory holding the tree: frozen while every thread is seized (thawed "
+                   "before anything is changed, and by crbench's guardian if crbench dies)");
   dump->add_option("--external", o->external,
                    "accept a connection to outside the tree: unix:<inode> or unix:<name> (a path, or @name for "
                    "an abstract one) of the outside peer or of the tree's own socket; restore reconnects it by name")
@@ -77,6 +81,7 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       native::DumpOptions opts;
       opts.leaveRunning = o->leaveRunning;
       opts.sync = !o->noSync;
+      opts.freezeCgroup = o->freezeCgroup;
       opts.external = o->external;
       std::unique_ptr<native::PreCopySession> session;
       std::unique_ptr<native::CowSession> cow;

@@ -92,7 +92,40 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   } undoGuard{c};
   auto t0 = Clock::now();
   if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
-  CRB_CHECK(seizure.seizeTree(root, opts.thaw, opts.moreRoots));
+  std::function<Status()> thaw = opts.thaw;
+  if (!thaw && !opts.freezeCgroup.empty()) {
+    // The guardian exists before the freeze, so a dumper killed from here on leaves it thawed.
+    CRB_CHECK(seizure.useGuardian());
+    auto state = std::filesystem::path(opts.freezeCgroup) / "freezer.state";
+    if (!std::filesystem::exists(state))
+      return makeError(fmt::format("--freeze-cgroup {}: no freezer.state there", opts.freezeCgroup),
+                       "give a cgroup v1 freezer directory, e.g. /sys/fs/cgroup/freezer/<name>");
+    auto guard = seizure.guardian();
+    auto waitState = [state](const char* want) -> Status {
+      for (int i = 0; i < 50000; i++) {
+        auto now = readFile(state);
+        if (now.ok() && now->rfind(want, 0) == 0) return success();
+        ::usleep(100);
+      }
+      return makeError(fmt::format("{} did not become {} within 5 s", state.string(), want));
+    };
+    thaw = [state, guard, waitState]() -> Status {
+      CRB_CHECK(writeControlFile(state, "THAWED"));
+      CRB_CHECK(waitState("THAWED"));
+      guard->noteThawed();
+      return success();
+    };
+    guard->noteFrozen(state.string());
+    if (auto st = writeControlFile(state, "FROZEN"); !st.ok()) {
+      (void)thaw();
+      return st.error().context("--freeze-cgroup");
+    }
+    if (auto st = waitState("FROZEN"); !st.ok()) {
+      (void)thaw();
+      return st.error().context("--freeze-cgroup (left thawed)");
+    }
+  }
+  CRB_CHECK(seizure.seizeTree(root, thaw, opts.moreRoots));
   CRB_CHECK(dumpClocks(c, root));  // namespaces.cpp: the clocks the tree stopped at
   opts.mark("frozen");
   c.stats.phasesMs["freeze"] = msSince(t0);

@@ -184,6 +184,14 @@ Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after r
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
 Status resolveUnixSockets(DumpCtx& c);
 Status createUnixSockets(RestoreCtx& c);
+void resetLocalSockets(const DumpCtx& c);  // first thing of dumpFiles
+// posix_mq.cpp: an mq_open() descriptor (false: not one), and the queues' restore (after setns).
+bool dumpPosixMqFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& link, const std::string& what);
+Status restorePosixMqueues(RestoreCtx& c);
+// A shared mapping of a /dev/shm file whose mapped name was unlinked but which is linked under
+// another name (sem_open's temporary file): mapped by that name, so it stays shared with it.
+struct MapsLine;
+void liveDevShmName(const DumpCtx& c, pid_t pid, MapsLine& m, Vma& v, bool& deleted);
 // inet_sockets.cpp: UDP, TCP listen/established (TCP_REPAIR, netfilter lock).
 bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDesc& f, const std::string& what);
 bool isInetKind(const std::string& kind);

@@ -45,6 +45,9 @@ struct DumpOptions {
   MemoryCapture* capture = nullptr;
   // A guardian already started (before a container was frozen); one is started if empty.
   std::shared_ptr<Guardian> guardian;
+  // A cgroup v1 freezer directory holding the tree (`crbench cr dump --freeze-cgroup`): frozen
+  // while every thread is seized, as a container's is (ignored when `thaw` is set).
+  std::string freezeCgroup;
 };
 
 struct DumpStats {

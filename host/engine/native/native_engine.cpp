@@ -279,8 +279,13 @@ class NativeEngine : public Engine {
       auto deadline = Clock::now() + std::chrono::seconds(5);
       for (;;) {
         reapAgentZombies();
+        // Gone from the cgroup is not enough: a dead child stays a zombie (holding its pid, which
+        // the restore needs) until the held agent has been made to reap it.
+        bool left = false;
+        if (pids.ok())
+          for (pid_t p : *pids) left = left || (p != agent && ::kill(p, 0) == 0);
         auto now = c->pids();
-        if (now.ok() && now->size() <= 1) break;
+        if (now.ok() && now->size() <= 1 && !left) break;
         if (Clock::now() > deadline) {
           releaseAgent();
           return makeError("native engine: the workload that ran on did not go away within 5 s");

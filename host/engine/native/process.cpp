@@ -132,6 +132,7 @@ Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw, const
       }
       for (pid_t ch : listChildren(p)) queue.push_back(ch);
     }
+    faultPoint("frozen");
     Status thawed = thaw();
     Status stopped = waitPending();
     CRB_CHECK(walked);
@@ -186,6 +187,8 @@ static Result<uint64_t> findSyscallInsn(pid_t pid) {
 
 Injector Seizure::injector(pid_t pid, pid_t tid) {
   auto& rp = procs.at(pid);
+  // An injection after finishInjection() (the group stop still holds): record the original again.
+  if (guard_ && rp.safe && rp.savedRegs.count(tid)) (void)guard_->noteRegs(pid, tid, rp.savedRegs.at(tid));
   rp.touched.insert(tid);
   return Injector(tid, rp.syscallInsn);
 }
