@@ -39,6 +39,57 @@ def records(out, name, row):
             yield r
 
 
+def freeze_gap_ms(rec):
+    """Longest probe-reply gap overlapping the checkpoint's own freeze: from the first "frozen" mark
+    after checkpoint-start to the first "resumed" mark before checkpoint-end (engines that mark
+    both inside the checkpoint: native pre-copy/cow/leave-running, QEMU background snapshot...).
+    Gaps elsewhere in the checkpoint (CPU starvation during pre-copy rounds or the COW copy) are
+    in checkpoint_downtime_ms, not here."""
+    tr = rec.get("probe", {}).get("trace", {})
+    marks = tr.get("marks", [])
+    cs = next((m["ns"] for m in marks if m["name"] == "checkpoint-start"), None)
+    ce = next((m["ns"] for m in marks if m["name"] == "checkpoint-end"), None)
+    if cs is None or ce is None:
+        return None
+    fr = next((m["ns"] for m in marks if m["name"] == "frozen" and cs <= m["ns"] <= ce), None)
+    rs = next((m["ns"] for m in marks if m["name"] == "resumed" and fr is not None and fr <= m["ns"] <= ce), None)
+    if fr is None or rs is None:
+        return None
+    recv = sorted(r for r in tr.get("samples", {}).get("recv", []) if r is not None and r >= 0)
+    best = None
+    for a, b in zip(recv, recv[1:]):
+        if a <= rs and b >= fr and (best is None or b - a > best):
+            best = b - a
+    return best / 1e6 if best is not None else None
+
+
+def params(summary):
+    p = summary.get("params", {})
+    return p if isinstance(p, dict) else dict(x.split("=", 1) for x in p)
+
+
+def native_lines(p, out, name, native, best_qemu, target_ms):
+        for mode in ("pre-copy", "cow", "stop-and-copy"):
+            row = native.get(mode)
+            ck = metric(row, "checkpoint_downtime_ms") if row else None
+            if not ck:
+                p(f"- native {mode}: no successful run.")
+                continue
+            frozen = [r["engine_report"]["checkpoint"]["engine_figures"].get("frozen_ms") for r in records(out, name, row)
+                      if r.get("status") == "ok"]
+            frozen = [f for f in frozen if f is not None]
+            fg = [freeze_gap_ms(r) for r in records(out, name, row) if r.get("status") == "ok"]
+            fg = [x for x in fg if x is not None]
+            ratio = f"{ck[0] / best_qemu[1]:.3f}× QEMU {best_qemu[0]}" if best_qemu else "no QEMU figure"
+            p(f"- native {mode}: checkpoint downtime median **{fmt(ck[0], 2)} ms** (n={ck[3]}), {ratio}; "
+              f"{ck[0] / target_ms:.2f}× the {target_ms:g} ms target "
+              f"({'met' if ck[0] <= target_ms else 'not met'}); engine-measured freeze (frozen_ms) median "
+              f"{fmt(statistics.median(frozen), 2) if frozen else '-'} ms; probe gap over the freeze alone "
+              f"(frozen→resumed marks) median {fmt(statistics.median(fg), 2) if fg else '-'} ms"
+              f"{' = ' + fmt(statistics.median(fg) / best_qemu[2], 3) + '× QEMU ' + best_qemu[0] + ' on the same measure' if fg and best_qemu and best_qemu[2] else ''}")
+        p()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -73,27 +124,15 @@ def main():
           f"{fmt(cp[0]) if cp else '-'} | {fmt(rs[0]) if rs else '-'} | {fmt(im[0] / 2**20) if im else '-'} | "
           f"{str(fid.get('passed', '-')) + '/' + str(fid.get('total', '-')) if fid else '-'} | {status} |")
         if row["engine"] == "qemu" and ck and (best_qemu is None or ck[0] < best_qemu[1]):
-            best_qemu = (row["mode"], ck[0])
+            qg = [freeze_gap_ms(r) for r in records(out, "main", row) if r.get("status") == "ok"]
+            qg = [x for x in qg if x is not None]
+            best_qemu = (row["mode"], ck[0], statistics.median(qg) if qg else None)
         if row["engine"] == "native":
             native[row["mode"]] = row
     p()
     if best_qemu:
         p(f"QEMU's best mode by median checkpoint downtime in this run: **{best_qemu[0]}**, {fmt(best_qemu[1])} ms.\n")
-    for mode in ("pre-copy", "cow", "stop-and-copy"):
-        row = native.get(mode)
-        ck = metric(row, "checkpoint_downtime_ms") if row else None
-        if not ck:
-            p(f"- native {mode}: no successful run.")
-            continue
-        frozen = [r["engine_report"]["checkpoint"]["engine_figures"].get("frozen_ms") for r in records(out, "main", row)
-                  if r.get("status") == "ok"]
-        frozen = [f for f in frozen if f is not None]
-        ratio = f"{ck[0] / best_qemu[1]:.3f}× QEMU {best_qemu[0]}" if best_qemu else "no QEMU figure"
-        p(f"- native {mode}: checkpoint downtime median **{fmt(ck[0], 2)} ms** (n={ck[3]}), {ratio}; "
-          f"{ck[0] / a.target_ms:.2f}× the {a.target_ms:g} ms target "
-          f"({'met' if ck[0] <= a.target_ms else 'not met'}); engine-measured freeze (frozen_ms) median "
-          f"{fmt(statistics.median(frozen), 2) if frozen else '-'} ms")
-    p()
+    native_lines(p, out, "main", native, best_qemu, a.target_ms)
     row = native.get("pre-copy")
     if row:
         ok = [r for r in records(out, "main", row) if r.get("status") == "ok"]
@@ -121,31 +160,45 @@ def main():
               f"(max {fmt(mm.get('max_fault_service_us'))} µs), {mm.get('background_pages')} pages copied in "
               f"{fmt(mm.get('background_ms'))} ms after the thaw")
         p()
+    for f in sorted(out.glob("native-*.json")):
+        s2 = load(f)
+        if not s2:
+            continue
+        nat = {r["mode"]: r for r in s2["combinations"] if r["engine"] == "native"}
+        p(f"Native-only compare `{s2['id']}` ({f.stem}, {s2['repeats']} repeats, finished {s2['finished_at']}); ratios "
+          f"to QEMU's best mode of the main run:\n")
+        native_lines(p, out, f.stem, nat, best_qemu, a.target_ms)
+        p()
     # Scaling: every scale-* summary present.
     rows = []
-    for f in sorted(out.glob("scale-*.json")):
+    for f in sorted(out.glob("scale-*.json")) + sorted(out.glob("native-*.json")):
         s = load(f)
         if not s:
             continue
-        size = s["params"].get("size_mib")
+        size = params(s).get("size_mib")
         for row in s["combinations"]:
             ck = metric(row, "checkpoint_downtime_ms")
             dt = metric(row, "downtime_ms")
             rows.append((int(size), row["runtime"], row["engine"], row["mode"], row.get("n", 0), ck, dt,
-                         row.get("status", "")))
+                         row.get("status", ""), f.stem, metric(row, "image_bytes")))
     for row in main["combinations"]:
         ck = metric(row, "checkpoint_downtime_ms")
         dt = metric(row, "downtime_ms")
-        rows.append((int(main["params"].get("size_mib", 0)), row["runtime"], row["engine"], row["mode"],
-                     row.get("n", 0), ck, dt, row.get("status", "")))
+        rows.append((int(params(main).get("size_mib", 0)), row["runtime"], row["engine"], row["mode"],
+                     row.get("n", 0), ck, dt, row.get("status", ""), "main", metric(row, "image_bytes")))
     if rows:
         p("Scaling (checkpoint downtime ms, median of n; 1 GiB from the main run):\n")
-        p("| MiB | runtime | engine | mode | n | checkpoint downtime ms | downtime incl. restore ms | status |")
-        p("|---:|---|---|---|---:|---:|---:|---|")
-        for size, rt, en, mo, n, ck, dt, st in sorted(rows, key=lambda x: (x[2], x[3], x[0])):
+        p("Image MiB (min–max) is what was resident at the checkpoint: a workload still filling its memory "
+          "when the checkpoint began has a smaller image than its size parameter.\n")
+        p("| MiB | runtime | engine | mode | n | image MiB (min–max) | checkpoint downtime ms | downtime incl. restore ms "
+          "| status | compare run |")
+        p("|---:|---|---|---|---:|---:|---:|---:|---|---|")
+        for size, rt, en, mo, n, ck, dt, st, src, im in sorted(rows, key=lambda x: (x[2], x[3], x[0], x[8])):
             if n == 0 and not ck:
                 continue
-            p(f"| {size} | {rt} | {en} | {mo} | {n} | {fmt(ck[0], 2) if ck else '-'} | {fmt(dt[0]) if dt else '-'} | {st} |")
+            ims = f"{fmt(im[1] / 2**20)}–{fmt(im[2] / 2**20)}" if im else "-"
+            p(f"| {size} | {rt} | {en} | {mo} | {n} | {ims} | {fmt(ck[0], 2) if ck else '-'} | {fmt(dt[0]) if dt else '-'} "
+              f"| {st} | {src} |")
 
 
 if __name__ == "__main__":

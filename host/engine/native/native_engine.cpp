@@ -83,13 +83,27 @@ class NativeEngine : public Engine {
     PhaseReport rep;
     // Pre-copy: rounds while everything runs; the freeze below is the short final round. The tree
     // (and the agent answering the prober) runs again as soon as the final round has captured it.
+    // The guardian (guardian.hpp) starts before anything is frozen or seized: if crbench dies
+    // mid-checkpoint it thaws the container and puts back what was changed in the agent and the
+    // workload. One guardian serves the agent's hold and the workload's dump.
+    agentHold_ = std::make_unique<native::Seizure>();
+    agent_ = agent;
+    // Started before the pre-copy rounds too: its fork then does not delay the final freeze.
+    auto tg = Clock::now();
+    if (auto st = agentHold_->useGuardian(); !st.ok()) {
+      releaseAgent();
+      return st.error().context("native engine");
+    }
+    rep.phasesMs["guardian_start"] = msSince(tg);
     std::unique_ptr<native::PreCopySession> session;
     auto tp = Clock::now();
     if (precopy) {
       auto kids = native::listChildren(agent);
-      if (kids.size() != 1)
+      if (kids.size() != 1) {
+        releaseAgent();
         return makeError(fmt::format("native engine: pre-copy needs exactly one workload tree under the agent, found {}",
                                      kids.size()), "", kids.empty() ? 1 : kUnsupportedExitCode);
+      }
       native::PreCopyOptions po;
       for (auto [key, field] : {std::pair{"target_downtime_ms", &po.targetDowntimeMs},
                                 std::pair{"max_seconds", &po.maxSeconds}, std::pair{"min_shrink", &po.minShrink}}) {
@@ -98,6 +112,7 @@ class NativeEngine : public Engine {
           *field = std::stod(ctx.options[key].is_string() ? ctx.options[key].get<std::string>()
                                                            : ctx.options[key].dump());
         } catch (...) {
+          releaseAgent();
           return makeError(fmt::format("native engine: option {} is not a number", key), "e.g. --engine-opt "
                            "target_downtime_ms=10");
         }
@@ -107,20 +122,16 @@ class NativeEngine : public Engine {
         po.maxRounds = v.is_string() ? std::atoi(v.get<std::string>().c_str()) : v.get<int>();
       }
       auto s = native::PreCopySession::start(kids[0], ctx.imageDir, po);
-      if (!s.ok()) return s.error().context("native engine: pre-copy set-up (the workload was left running)");
+      if (!s.ok()) {
+        releaseAgent();
+        return s.error().context("native engine: pre-copy set-up (the workload was left running)");
+      }
       session = std::move(*s);
-      if (auto st = session->iterate(); !st.ok())
+      if (auto st = session->iterate(); !st.ok()) {
+        releaseAgent();
         return st.error().context("native engine: pre-copy rounds (the workload was left running)");
+      }
       rep.phasesMs["precopy_rounds"] = msSince(tp);
-    }
-    // The guardian (guardian.hpp) starts before anything is frozen or seized: if crbench dies
-    // mid-checkpoint it thaws the container and puts back what was changed in the agent and the
-    // workload. One guardian serves the agent's hold and the workload's dump.
-    agentHold_ = std::make_unique<native::Seizure>();
-    agent_ = agent;
-    if (auto st = agentHold_->useGuardian(); !st.ok()) {
-      releaseAgent();
-      return st.error().context("native engine");
     }
     auto guard = agentHold_->guardian();
     auto t0 = Clock::now();
@@ -172,9 +183,12 @@ class NativeEngine : public Engine {
       // Pre-copy, COW: the workload runs again before the image is written; so does the agent.
       o.mark = [&](const std::string& e) {
         if (e != "resumed") return;
+        auto tr = Clock::now();
         releaseAgent();
+        rep.phasesMs["agent_release"] = msSince(tr);
         ctx.mark("resumed");
         resumedMarked = true;
+        rep.phasesMs["cgroup_freeze_to_resumed"] = msSince(t0);
       };
     }
     // The agent's stop is collected before the kill so the reap hook can inject into it.
@@ -191,6 +205,7 @@ class NativeEngine : public Engine {
       guard->noteThawed();
       return prepared();
     };
+    rep.phasesMs["cgroup_freeze_to_dump"] = msSince(t0);
     auto r = native::dumpTree(root, ctx.imageDir, o);
     thawIfFrozen();
     if (!r.ok()) {
