@@ -13,7 +13,7 @@ import pytest
 
 from conftest import crbench_bin
 
-PROGS = ["tp_unix_pair", "tp_unix_named", "tp_sysv_shm", "tp_sysv_ipc"]
+PROGS = ["tp_unix_pair", "tp_unix_named", "tp_sysv_shm", "tp_sysv_ipc", "tp_posixmq"]
 
 
 def need_root():
@@ -42,11 +42,31 @@ def wait_for(path, text, timeout=20):
     raise AssertionError(f"{path} never showed {text!r}: {path.read_text() if path.exists() else ''}")
 
 
+STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """A test that fails midway must not leave its program (or a restored copy) waiting forever."""
+    yield
+    while STARTED:
+        p = STARTED.pop()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def start(argv, tmp_path):
     log = tmp_path / "out.log"
     with open(log, "w") as f:
         p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True, close_fds=True)
+    STARTED.append(p)
     wait_for(log, "READY")
     return p, log
 
@@ -99,11 +119,13 @@ def test_unix_queues_survive_leave_running(tmp_path):
     assert r.returncode == 0 and "PASS" in log.read_text(), r.stderr + log.read_text()
 
 
-def test_sysv_queues_survive_leave_running(tmp_path):
-    """Messages are copied out (MSG_COPY), not received: the original still finds them."""
+@pytest.mark.parametrize("name", ["tp_sysv_ipc", "tp_posixmq"])
+def test_queues_survive_leave_running(name, tmp_path):
+    """SysV messages are copied out (MSG_COPY); POSIX ones received and sent back in order: either
+    way the original still finds all of them, with their types or priorities."""
     need_root()
     go = tmp_path / "go"
-    p, log = start([prog("tp_sysv_ipc"), str(go)], tmp_path)
+    p, log = start([prog(name), str(go)], tmp_path)
     d = cr("dump", "--leave-running", "--tree", p.pid, "--images", tmp_path / "img")
     assert d.returncode == 0, d.stderr
     go.touch()

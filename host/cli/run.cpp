@@ -80,12 +80,14 @@ std::function<int()> setupRun(CLI::App& app, GlobalOptions& global) {
   app.add_option("--param", a->spec.params, "scenario parameter override key=value (repeatable)");
   app.add_option("--results", a->results, "directory for <run-id>.json (default: results/runs)");
   app.add_option("--probe-hz", a->spec.probeRateHz, "probe rate (default 1000)");
-  app.add_option("--warmup-ms", a->spec.warmupMs, "probing before the checkpoint (default 300)");
+  auto* warmup = app.add_option("--warmup-ms", a->spec.warmupMs,
+                                "probing before the checkpoint (default 300 ms, or 2 s past the scenario's last program start delay)");
   app.add_flag("--keep-image", a->spec.keepImage, "keep the checkpoint image directory");
   app.add_flag("--no-record", a->noWrite, "do not write the result file");
   app.add_flag("--json", a->json, "print the run record as JSON on stdout");
-  return [a, &global]() -> int {
+  return [a, &global, warmup]() -> int {
     RunSpec& spec = a->spec;
+    spec.warmupPastStartDelays = warmup->count() == 0;
     spec.verbose = global.verbose;
     spec.writeRecord = !a->noWrite;
     if (!a->results.empty()) spec.resultsDir = a->results;

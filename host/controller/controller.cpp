@@ -281,7 +281,14 @@ RunOutcome runOnce(const RunSpec& spec) {
     if (auto st = prober->start(); !st.ok()) return finish("failed", st.error(), "prober");
     if (!prober->waitForReplies(10, 0, 5000))
       return finish("failed", makeError("the agent does not answer UDP probes on port 7700"), "prober");
-    if (!waitMs(spec.warmupMs)) return interrupted("warm-up");
+    int warmupMs = spec.warmupMs;
+    if (spec.warmupPastStartDelays) {
+      double lastDelay = 0;
+      for (auto& prog : sc->programs) lastDelay = std::max(lastDelay, prog.startDelaySeconds);
+      if (lastDelay > 0) warmupMs = std::max(warmupMs, int(2000 + lastDelay * 1000));
+    }
+    rec["timings_ms"]["warmup"] = warmupMs;
+    if (!waitMs(warmupMs)) return interrupted("warm-up");
     if (spec.dirtyWindowMs > 0) progress(fmt::format("measuring the workload's dirty rate ({} ms)", spec.dirtyWindowMs));
     rec["workload"]["dirty_rate"] = measureDirtyRate(*sandbox, spec.dirtyWindowMs);
 

@@ -25,6 +25,9 @@ struct RunSpec {
   std::string runId;                   // "" = generated
   double probeRateHz = 1000;
   int warmupMs = 300;        // probing before the checkpoint
+  // Lengthen the warm-up to 2 s past the scenario's last program start delay (`crbench run`
+  // without --warmup-ms; compare computes its own), so "before" is the steady state.
+  bool warmupPastStartDelays = false;
   int settleMs = 300;        // probing after the restore, before the "after" digest
   int dirtyWindowMs = 1000;  // the workload's dirty rate is measured over this window (0 = not)
   int firstReplyTimeoutMs = 20000;

@@ -144,6 +144,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
     CRB_CHECK(dumpProcessAttrs(c, pid, ps));
     CRB_CHECK(dumpThreads(c, pid, ps));
     CRB_CHECK(dumpSignals(c, pid, ps));
+    CRB_CHECK(dumpPosixTimers(c, pid, ps));  // events.cpp
     CRB_CHECK(seizure.finishInjection(pid));
   }
   c.stats.processes = c.tree.procs.size();

@@ -9,6 +9,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/prctl.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -287,6 +288,111 @@ Status restoreEpollWatches(RestoreCtx& c, const ProcessState& ps) {
       CRB_CHECK(inj.check(fmt::format("epoll_ctl(ADD) fd {} to epoll at fd {} of pid {}", tfd, e.fd, ps.pid),
                           SYS_epoll_ctl, uint64_t(e.fd), EPOLL_CTL_ADD, uint64_t(tfd), c.scratch()));
     }
+  }
+  return success();
+}
+
+// ---------------------------------------------------------------- POSIX timers
+// /proc/<pid>/timers gives each timer's id, signal and value, notification and clock; the time
+// left comes from timer_gettime injected into the process. The restore asks the kernel for the
+// same ids (PR_TIMER_CREATE_RESTORE_IDS: timer_create takes the id it is given) from inside the
+// process, once its threads exist (a timer may signal one thread).
+namespace {
+constexpr int kPrTimerCreateRestoreIds = 77;
+
+struct KSigevent {
+  uint64_t value;
+  int32_t signo, notify;
+  int32_t tid;
+  int32_t pad[11];
+};
+}  // namespace
+
+Status dumpPosixTimers(DumpCtx& c, pid_t pid, ProcessState& ps) {
+  auto text = readProc(pid, "timers");
+  if (!text.ok() || text->empty()) return success();
+  if (::prctl(kPrTimerCreateRestoreIds, 2, 0, 0, 0) < 0) {
+    c.refuse(fmt::format("POSIX timers in process {} (this kernel cannot create timers with given ids: "
+                         "PR_TIMER_CREATE_RESTORE_IDS, Linux 6.15)",
+                         pid));
+    return success();
+  }
+  auto& rp = c.seizure->procs.at(pid);
+  auto inj = c.seizure->injector(pid, pid);
+  std::istringstream in(*text);
+  std::string line;
+  Json t;
+  Json all = Json::array();
+  auto flush = [&]() -> Status {
+    if (t.is_null()) return success();
+    CRB_CHECK(inj.check(fmt::format("timer_gettime of POSIX timer {}", t["id"].get<int>()), SYS_timer_gettime,
+                        uint64_t(t["id"].get<int>()), rp.scratch));
+    itimerspec v{};
+    CRB_CHECK(readMem(pid, rp.scratch, &v, sizeof v));
+    t["value"] = {int64_t(v.it_value.tv_sec), int64_t(v.it_value.tv_nsec)};
+    t["interval"] = {int64_t(v.it_interval.tv_sec), int64_t(v.it_interval.tv_nsec)};
+    all.push_back(t);
+    t = Json();
+    return success();
+  };
+  while (std::getline(in, line)) {
+    auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, colon), val = line.substr(colon + 1);
+    val.erase(0, val.find_first_not_of(" \t"));
+    if (key == "ID") {
+      CRB_CHECK(flush());
+      t = Json{{"id", std::atoi(val.c_str())}};
+    } else if (key == "signal") {
+      auto slash = val.find('/');
+      t["signo"] = std::atoi(val.c_str());
+      t["sigval"] = slash == std::string::npos ? 0 : parseHex(val.substr(slash + 1));
+    } else if (key == "notify") {
+      // "signal/pid.N", "thread/tid.N" (SIGEV_THREAD_ID), "none/pid.N"
+      auto dot = val.find('.');
+      pid_t who = dot == std::string::npos ? 0 : std::atoi(val.c_str() + dot + 1);
+      if (val.rfind("none", 0) == 0) t["notify"] = SIGEV_NONE;
+      else if (val.find("tid.") != std::string::npos) t["notify"] = SIGEV_SIGNAL | SIGEV_THREAD_ID;
+      else t["notify"] = SIGEV_SIGNAL;
+      t["tid"] = c.imagePid(who);
+    } else if (key == "ClockID") {
+      t["clock"] = std::atoi(val.c_str());
+    }
+  }
+  CRB_CHECK(flush());
+  c.seizure->noteStray(inj);
+  ps.posixTimers = all;
+  return success();
+}
+
+Status restorePosixTimers(RestoreCtx& c, const ProcessState& ps) {
+  if (!ps.posixTimers.is_array() || ps.posixTimers.empty()) return success();
+  auto inj = c.inj(ps.pid);
+  uint64_t s = c.scratch();
+  CRB_CHECK(inj.check("prctl(PR_TIMER_CREATE_RESTORE_IDS, on)", SYS_prctl, kPrTimerCreateRestoreIds, 1));
+  for (auto& t : ps.posixTimers) {
+    int id = t.at("id").get<int>();
+    KSigevent ev{};
+    ev.value = t.value("sigval", uint64_t(0));
+    ev.signo = t.value("signo", 0);
+    ev.notify = t.value("notify", SIGEV_SIGNAL);
+    ev.tid = t.value("tid", 0);
+    CRB_CHECK(writeMem(ps.pid, s, &ev, sizeof ev));
+    CRB_CHECK(writeMem(ps.pid, s + 128, &id, sizeof id));
+    CRB_CHECK(inj.check(fmt::format("timer_create with id {} in pid {}", id, ps.pid), SYS_timer_create,
+                        uint64_t(t.value("clock", 1)), s, s + 128));
+    int got = -1;
+    CRB_CHECK(readMem(ps.pid, s + 128, &got, sizeof got));
+    if (got != id) return makeError(fmt::format("POSIX timer {} of pid {} came back as {}", id, ps.pid, got));
+  }
+  CRB_CHECK(inj.check("prctl(PR_TIMER_CREATE_RESTORE_IDS, off)", SYS_prctl, kPrTimerCreateRestoreIds, 0));
+  for (auto& t : ps.posixTimers) {
+    auto v = t.value("value", std::array<int64_t, 2>{0, 0}), i = t.value("interval", std::array<int64_t, 2>{0, 0});
+    if (!v[0] && !v[1]) continue;  // disarmed
+    itimerspec its{{i[0], i[1]}, {v[0], v[1]}};
+    CRB_CHECK(writeMem(ps.pid, s, &its, sizeof its));
+    CRB_CHECK(inj.check(fmt::format("timer_settime of POSIX timer {}", t.at("id").get<int>()), SYS_timer_settime,
+                        uint64_t(t.at("id").get<int>()), 0, s, 0));
   }
   return success();
 }

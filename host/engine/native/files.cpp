@@ -85,6 +85,7 @@ static bool outsideRoot(const DumpCtx& c, const std::string& path, const struct 
 }
 
 Status dumpFiles(DumpCtx& c) {
+  resetLocalSockets(c);
   std::set<pid_t> inTree;
   for (auto& ps : c.tree.procs) inTree.insert(ps.pid);
   for (auto& ps : c.tree.procs) {
@@ -142,6 +143,8 @@ Status dumpFiles(DumpCtx& c) {
       } else if (!haveStat) {
         c.refuse(what + " (cannot stat it)");
         continue;
+      } else if (S_ISREG(st.st_mode) && dumpPosixMqFd(c, ps.pid, fd, f, link, what)) {
+        // posix_mq.cpp
       } else if (S_ISREG(st.st_mode)) {
         if (link.rfind("/memfd:", 0) == 0) {
           f.kind = "memfd";
@@ -289,7 +292,7 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
     // after the shmem objects exist.
     if ((f.kind == "memfd") != memfdPass) continue;
     if (c.fileFds.count(f.id)) continue;  // opened early with another (a pty master with its slave)
-    if (f.kind == "unix" || f.kind == "netlink") continue;  // createUnixSockets(), in the tree's namespaces
+    if (f.kind == "unix" || f.kind == "netlink" || f.kind == "mqueue") continue;  // createUnixSockets(), in the tree's namespaces
     std::string what = f.kind + " " + f.path;
     int fd = -1;
     int openFlags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);

@@ -270,8 +270,18 @@ bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDe
   Fd ns(::open(fmt::format("/proc/{}/ns/net", pid).c_str(), O_RDONLY | O_CLOEXEC));
   auto diag = inetDiag(ns.get(), family, proto, st.st_ino);
   if (!diag.ok()) {
-    c.refuse(name + ": " + diag.error().message);
-    return true;
+    // Sockets in no hash table (never bound, or closed after a failed connect) are not listed;
+    // TCP_INFO still gives a TCP socket's state, and an unbound UDP socket has port 0.
+    tcp_info ti{};
+    socklen_t tl = sizeof ti;
+    bool unhashed = proto == IPPROTO_TCP
+                        ? ::getsockopt(dup.get(), IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 && ti.tcpi_state == 7 /* CLOSE */
+                        : !connected && (!d.contains("local") || d["local"].value("port", 0) == 0);
+    if (!unhashed) {
+      c.refuse(name + ": " + diag.error().message);
+      return true;
+    }
+    diag = DiagInfo{7, 0, 0};
   }
   if (proto == IPPROTO_UDP) {
     int queued = 0;
@@ -284,7 +294,8 @@ bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDe
     d["state"] = "listen";
     d["backlog"] = diag->wqueue;
   } else if (diag->state == 7 /* TCP_CLOSE */) {
-    d["state"] = d["local"].value("port", 0) ? "bound" : "unbound";
+    // A socket whose connect failed keeps no port; its pending SO_ERROR is not carried.
+    d["state"] = d.contains("local") && d["local"].value("port", 0) ? "bound" : "unbound";
   } else if (diag->state == 1 /* TCP_ESTABLISHED */) {
     d["state"] = "established";
     f.detail = d;

@@ -171,6 +171,8 @@ bool isEventKind(const std::string& kind);
 Result<int> openEventFile(RestoreCtx& c, const FileDesc& f);
 Status restoreEpollWatches(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
 Result<Fd> grabRemoteFd(pid_t pid, int fd);  // the same open file description, via pidfd_getfd
+Status dumpPosixTimers(DumpCtx& c, pid_t pid, ProcessState& ps);     // injection prepared
+Status restorePosixTimers(RestoreCtx& c, const ProcessState& ps);    // after restoreThreads
 // tty.cpp: pty masters/slaves, controlling terminals.
 bool dumpTtyFile(DumpCtx& c, pid_t pid, int fd, const std::string& path, const struct stat& st, FileDesc& f,
                  const std::string& what);
@@ -184,6 +186,14 @@ Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after r
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
 Status resolveUnixSockets(DumpCtx& c);
 Status createUnixSockets(RestoreCtx& c);
+void resetLocalSockets(const DumpCtx& c);  // first thing of dumpFiles
+// posix_mq.cpp: an mq_open() descriptor (false: not one), and the queues' restore (after setns).
+bool dumpPosixMqFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& link, const std::string& what);
+Status restorePosixMqueues(RestoreCtx& c);
+// A shared mapping of a /dev/shm file whose mapped name was unlinked but which is linked under
+// another name (sem_open's temporary file): mapped by that name, so it stays shared with it.
+struct MapsLine;
+void liveDevShmName(const DumpCtx& c, pid_t pid, MapsLine& m, Vma& v, bool& deleted);
 // inet_sockets.cpp: UDP, TCP listen/established (TCP_REPAIR, netfilter lock).
 bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDesc& f, const std::string& what);
 bool isInetKind(const std::string& kind);

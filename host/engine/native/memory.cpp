@@ -267,6 +267,7 @@ Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
     if (hasFlag(m.vmflags, "lo")) c.refuse("mlock()ed " + where);
     uint64_t dev = makedev(m.devMajor, m.devMinor);
     bool deleted = m.path.size() > 10 && m.path.compare(m.path.size() - 10, 10, " (deleted)") == 0;
+    if (deleted && v.shared) liveDevShmName(c, pid, m, v, deleted);  // posix_mq.cpp
     if (special) {
       v.kind = m.path.substr(1, m.path.size() - 2);
     } else if (m.path.rfind("[", 0) == 0 && m.path != "[heap]" && m.path != "[stack]" &&
@@ -303,7 +304,8 @@ Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
       std::string path = m.path;
       if (!c.opts.rootPrefix.empty() && path.rfind(c.opts.rootPrefix, 0) == 0)
         path = path.substr(c.opts.rootPrefix.size());
-      if (path.rfind("/dev/", 0) == 0) {
+      // POSIX shm and named semaphores are tmpfs files under /dev/shm: mapped by path like any file.
+      if (path.rfind("/dev/", 0) == 0 && path.rfind("/dev/shm/", 0) != 0) {
         c.refuse("device " + where);
         continue;
       }

@@ -394,8 +394,7 @@ Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps) {
     if (mine.ok() && theirs.ok() && *mine != *theirs)
       c.refuse(fmt::format("process {} in its own {} namespace ({})", pid, ns, *theirs));
   }
-  auto timers = readProc(pid, "timers");
-  if (timers.ok() && !timers->empty()) c.refuse(fmt::format("POSIX timers in process {}", pid));
+  // POSIX timers: events.cpp (dumpPosixTimers).
   for (int r = 0; r < RLIM_NLIMITS; r++) {
     rlimit64 l{};
     if (::prlimit64(pid, __rlimit_resource(r), nullptr, &l) != 0)

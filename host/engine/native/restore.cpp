@@ -223,6 +223,7 @@ Status Restorer::run() {
     if (::setns(fd, 0) != 0) return sysError("join the target's namespaces (setns)", errno);
   CRB_CHECK(createUnixSockets(c_));
   CRB_CHECK(restoreSysvIpc(c_));
+  CRB_CHECK(restorePosixMqueues(c_));
   CRB_CHECK(enterTimeNamespace(c_));  // namespaces.cpp: the tree's clocks carry on
   c_.result.phasesMs["prepare"] = msSince(t0);
 
@@ -252,6 +253,7 @@ Status Restorer::run() {
     CRB_CHECK(restoreProcessAttrs(c_, ps));
     CRB_CHECK(restoreSignals(c_, ps));
     CRB_CHECK(restoreThreads(c_, ps));
+    CRB_CHECK(restorePosixTimers(c_, ps));  // events.cpp: after the threads a timer may signal
     CRB_CHECK(closeRestoreFds(c_, ps));
     c_.result.processes++;
   }

@@ -21,7 +21,7 @@ CRB_JSON(ThreadState, tid, gpregs, xstate, sigmask, name, robustHead, robustLen,
 CRB_JSON(FdEntry, fd, file, cloexec)
 CRB_JSON(ProcessState, pid, ppid, pgid, sid, zombie, exitCode, uids, gids, groups, umask,
          personality, comm, cwd, exe, rlimits, mm, auxv, sigactions, sharedPending, itimers, threads,
-         fds, vmas, ctty, ttyPgrp)
+         fds, vmas, ctty, ttyPgrp, posixTimers)
 CRB_JSON(FileDesc, id, kind, path, flags, pos, dev, ino, size, mode, object, stdioFd, count, blobLen,
          outsideRoot, detail)
 CRB_JSON(PipeObject, id, ino, capacity, blobLen, readerInTree, writerInTree)

@@ -77,6 +77,7 @@ struct ProcessState {
   std::vector<Vma> vmas;
   int ctty = -1;     // session leaders: FileDesc id of the controlling terminal (tty.cpp)
   pid_t ttyPgrp = 0;  // its foreground process group
+  Json posixTimers;   // events.cpp: id, clock, signal, notification, time left
 };
 
 // One open file description (shared by every fd, in any process, that refers to it).

@@ -329,6 +329,14 @@ bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::str
   return true;
 }
 
+void forgetPosixMqDump(const DumpCtx& c);
+
+// Per-dump state is kept by the context's address: a new dump starts clean.
+void resetLocalSockets(const DumpCtx& c) {
+  gDump.erase(&c);
+  forgetPosixMqDump(c);
+}
+
 // After every fd is known: names, peers, queues; refusals name the socket and its holder.
 Status resolveUnixSockets(DumpCtx& c) {
   auto it = gDump.find(&c);

@@ -1,7 +1,6 @@
 // One object per mode (argv[2]) that the native engine does not restore faithfully yet: the dump
 // must refuse it by name and leave this process running, which it proves by answering PASS when
 // the go file appears.
-//   posix-timer    a timer_create() timer (its id would have to be recreated)
 //   udp-queued     a datagram waiting in a UDP socket's receive queue
 //   tcp-backlog    a connection waiting in a listener's accept queue
 //   tcp-closewait  a TCP connection the peer has closed (CLOSE_WAIT)
@@ -39,12 +38,7 @@ static int loopbackListener(sockaddr_in& a) {
 int main(int argc, char** argv) {
   tp::init(argc, argv);
   std::string mode = argc > 2 ? argv[2] : "";
-  if (mode == "posix-timer") {
-    timer_t t;
-    sigevent ev{};
-    ev.sigev_notify = SIGEV_NONE;
-    timer_create(CLOCK_MONOTONIC, &ev, &t);
-  } else if (mode == "udp-queued") {
+  if (mode == "udp-queued") {
     int s = socket(AF_INET, SOCK_DGRAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
