@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,43 @@ def require_container_support():
     require_root()
     if not (FREEZER / "cgroup.procs").exists():
         pytest.skip("the cgroup v1 freezer is not mounted at /sys/fs/cgroup/freezer")
+
+
+# --- the native engine's tests (test_native_*.py) -------------------------------------------
+
+def need_root():
+    if os.geteuid() != 0:
+        pytest.skip("the native engine needs root (ptrace of any process, clone3 set_tid)")
+
+
+def prog(name):
+    """Path of a native test program (host/engine/native/testprogs), built with crbench."""
+    p = Path(os.environ.get("CRBENCH_BUILD", "")) / "host" / "engine" / "native" / name
+    if not p.exists():
+        pytest.skip(f"{p} not built (engines option without native?)")
+    return str(p)
+
+
+def cr(*args, timeout=120):
+    """`crbench cr ...` with no inherited fds (they would be part of the dumped tree's world)."""
+    return subprocess.run([crbench_bin(), "cr", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, close_fds=True)
+
+
+def wait_for(path, text, timeout=30):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and text in path.read_text():
+            return True
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never showed {text!r}: {path.read_text() if path.exists() else ''}")
+
+
+def ok_record(p):
+    """The run record a `crbench run ... --json` printed, asserted to be status ok."""
+    try:
+        rec = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON record (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
+    assert p.returncode == 0 and rec["status"] == "ok", rec.get("error")
+    return rec

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_container_support, run_crbench
+from conftest import ok_record, require_container_support, run_crbench
 
 @pytest.fixture(autouse=True)
 def needs_container_support():
@@ -20,11 +20,7 @@ def needs_container_support():
 def test_counter_in_container(mode, results_dir):
     p = run_crbench("run", "counter", "--runtime", "container", "--engine", "native", "--mode", mode,
                     "--results", results_dir, "--json", timeout=300)
-    try:
-        rec = json.loads(p.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON record (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
-    assert p.returncode == 0 and rec["status"] == "ok", rec.get("error")
+    rec = ok_record(p)
     checks = {c["name"]: c for c in rec["fidelity"]["checks"]}
     for name in ("scenario:count-increases", "scenario:memory-matches", "scenario:pid-same"):
         assert checks[name]["result"] == "pass", checks[name]

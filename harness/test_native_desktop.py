@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, require_container_support, run_crbench
+from conftest import ROOT, ok_record, require_container_support, run_crbench
 
 REDRAW = '''
 [[checks]]
@@ -47,11 +47,7 @@ def test_desktop_session_native(mode, tmp_path):
     # The warm-up lets every program start (the last start after 2 s) before the checkpoint.
     p = run_crbench("run", scen, "--runtime", "container", "--engine", "native", "--mode", mode,
                     "--warmup-ms", "4000", "--no-record", "--json", timeout=300)
-    try:
-        rec = json.loads(p.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON record (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
-    assert p.returncode == 0 and rec["status"] == "ok", rec.get("error")
+    rec = ok_record(p)
     checks = {c["name"]: c for c in rec["fidelity"]["checks"]}
     for name in ("process-tree", "fd-table", "scenario:screenshot-same", "scenario:x-clients-connected",
                  "scenario:redrawn-screenshot-same", "rest:dbus-name"):

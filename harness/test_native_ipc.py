@@ -6,40 +6,13 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import crbench_bin
+from conftest import cr, crbench_bin, need_root, prog, wait_for
 
 PROGS = ["tp_unix_pair", "tp_unix_named", "tp_sysv_shm", "tp_sysv_ipc", "tp_posixmq"]
-
-
-def need_root():
-    if os.geteuid() != 0:
-        pytest.skip("the native engine needs root (ptrace of any process, clone3 set_tid)")
-
-
-def prog(name):
-    p = Path(os.environ.get("CRBENCH_BUILD", "")) / "host" / "engine" / "native" / name
-    if not p.exists():
-        pytest.skip(f"{p} not built (engines option without native?)")
-    return str(p)
-
-
-def cr(*args, timeout=60):
-    return subprocess.run([crbench_bin(), "cr", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, close_fds=True)
-
-
-def wait_for(path, text, timeout=20):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists() and text in path.read_text():
-            return True
-        time.sleep(0.02)
-    raise AssertionError(f"{path} never showed {text!r}: {path.read_text() if path.exists() else ''}")
 
 
 STARTED = []

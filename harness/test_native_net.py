@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import crbench_bin, require_container_support, run_crbench
+from conftest import crbench_bin, ok_record, require_container_support, run_crbench
 from test_native_cr import cr, need_root, prog, start, wait_for
 
 PROGS = ["tp_epoll", "tp_timerfd", "tp_signalfd", "tp_inotify", "tp_pty", "tp_udp", "tp_tcp", "tp_posixtimer"]
@@ -91,11 +91,7 @@ argv = ["/usr/bin/redis-server", "--port", "{port}", "--bind", "0.0.0.0", "--pro
 def run_record(results_dir, *args):
     p = run_crbench("run", *args, "--runtime", "container", "--engine", "native", "--mode", "stop-and-copy",
                     "--results", results_dir, "--json", timeout=300)
-    try:
-        rec = json.loads(p.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON record (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
-    assert p.returncode == 0 and rec["status"] == "ok", rec.get("error")
+    rec = ok_record(p)
     return {c["name"]: c for c in rec["fidelity"]["checks"]}
 
 

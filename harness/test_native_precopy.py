@@ -12,33 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import crbench_bin, require_container_support, run_crbench
-
-
-def need_root():
-    if os.geteuid() != 0:
-        pytest.skip("the native engine needs root (ptrace of any process, clone3 set_tid)")
-
-
-def prog(name):
-    p = Path(os.environ.get("CRBENCH_BUILD", "")) / "host" / "engine" / "native" / name
-    if not p.exists():
-        pytest.skip(f"{p} not built (engines option without native?)")
-    return str(p)
-
-
-def cr(*args, timeout=120):
-    return subprocess.run([crbench_bin(), "cr", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, close_fds=True)
-
-
-def wait_for(path, text, timeout=30):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists() and text in path.read_text():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{path} never showed {text!r}: {path.read_text() if path.exists() else ''}")
+from conftest import cr, crbench_bin, need_root, ok_record, prog, require_container_support, run_crbench, wait_for
 
 
 _started = []
@@ -221,11 +195,7 @@ def test_memory_scenario_in_container(mode, results_dir):
     require_container_support()
     p = run_crbench("run", "memory", "--runtime", "container", "--engine", "native", "--mode", mode,
                     "--param", "size_mib=64", "--results", results_dir, "--json", timeout=300)
-    try:
-        rec = json.loads(p.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON record (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
-    assert p.returncode == 0 and rec["status"] == "ok", rec.get("error")
+    rec = ok_record(p)
     checks = {c["name"]: c for c in rec["fidelity"]["checks"]}
     assert checks["scenario:pages-intact"]["result"] == "pass", checks["scenario:pages-intact"]
     assert isinstance(rec["checkpoint_downtime_ms"], (int, float)), rec["checkpoint_downtime_ms"]
