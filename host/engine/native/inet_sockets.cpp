@@ -447,10 +447,24 @@ Status finishInetSockets(RestoreCtx& c) {
   return success();
 }
 
-Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath) {
-  CRB_ASSIGN(Json files, readJsonImage(dir, "files.img"));
-  for (auto& f : files.value("files", Json::array())) {
+// A connection with both ends in the tree (loopback, or the netns talking to itself): the image
+// holds its mirror, local and peer swapped.
+static bool bothEndsInTree(const Json& f, const Json& files) {
+  const Json& d = f["detail"];
+  for (auto& g : files)
+    if (g.value("kind", "") == "inet" && g.contains("detail") && g["detail"].contains("tcp") &&
+        g["detail"].value("local", Json()) == d.value("peer", Json()) &&
+        g["detail"].value("peer", Json()) == d.value("local", Json()))
+      return true;
+  return false;
+}
+
+Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath, UnlockWhich which) {
+  CRB_ASSIGN(Json image, readJsonImage(dir, "files.img"));
+  Json files = image.value("files", Json::array());
+  for (auto& f : files) {
     if (f.value("kind", "") != "inet" || !f.contains("detail") || !f["detail"].contains("tcp")) continue;
+    if (bothEndsInTree(f, files) != (which == UnlockWhich::InTreePairs)) continue;
     for (auto& r : f["detail"]["tcp"].value("lock_rules", Json::array()))
       CRB_CHECK(netfilter(nsPath, r.get<std::vector<std::string>>(), false));
   }

@@ -199,7 +199,13 @@ bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDe
 bool isInetKind(const std::string& kind);
 Result<int> openInetSocket(RestoreCtx& c, const FileDesc& f);
 Status finishInetSockets(RestoreCtx& c);  // before the tree is released: TCP leaves repair mode
-Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath);  // after a restore
+// The dump's DROP rules come off in two steps. A connection with both ends in the tree is unlocked
+// before the restore: nothing outside the tree owns its 4-tuple, and both restored ends stay silent
+// in repair mode until finishInetSockets, whose window probes (and the tree's first writes) must
+// reach the other end; dropped, the connection stalls until the first retransmission (1 s, the
+// restored socket has no RTT sample). Connections to outside peers are unlocked after the restore.
+enum class UnlockWhich { InTreePairs, OutsidePeers };
+Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath, UnlockWhich which);
 // namespaces.cpp: the tree's clocks (time namespace).
 Status dumpClocks(DumpCtx& c, pid_t root);  // right after the seize
 Status enterTimeNamespace(RestoreCtx& c);   // before the root is cloned

@@ -391,8 +391,10 @@ Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const Restor
   // Either way the dump's netfilter rules go: the copy's TCP connections may talk again, or, the
   // restore having failed, nothing is left behind (those connections are lost with the tree).
   if (opts.joinNamespacesOf > 0) {
-    auto r = restoreInNamespaces(dir, opts);
-    auto u = unlockTcp(dir, fmt::format("/proc/{}/ns/net", opts.joinNamespacesOf));
+    std::string nsPath = fmt::format("/proc/{}/ns/net", opts.joinNamespacesOf);
+    auto early = unlockTcp(dir, nsPath, UnlockWhich::InTreePairs);
+    auto r = early.ok() ? restoreInNamespaces(dir, opts) : Result<RestoreResult>(early.error());
+    auto u = unlockTcp(dir, nsPath, UnlockWhich::OutsidePeers);
     if (r.ok() && !u.ok()) return u.error();
     return r;
   }
@@ -402,13 +404,16 @@ Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const Restor
   CRB_ASSIGN(c.tree, loadTree(dir, nullptr));
   auto t0 = Clock::now();
   Status st = success();
-  {
+  // A restorer inside a container's mounts has no iptables: restoreInNamespaces' caller unlocks.
+  bool unlockHere = c.opts.setnsBeforeTree.empty();
+  std::string nsPath = c.opts.netnsFd >= 0 ? fmt::format("/proc/self/fd/{}", c.opts.netnsFd) : "/proc/self/ns/net";
+  if (unlockHere) st = unlockTcp(dir, nsPath, UnlockWhich::InTreePairs);
+  if (st.ok()) {
     Restorer r(c);
     st = r.run();
   }
-  // A restorer inside a container's mounts has no iptables: restoreInNamespaces' caller unlocks.
-  if (c.opts.setnsBeforeTree.empty()) {
-    auto u = unlockTcp(dir, c.opts.netnsFd >= 0 ? fmt::format("/proc/self/fd/{}", c.opts.netnsFd) : "/proc/self/ns/net");
+  if (unlockHere) {
+    auto u = unlockTcp(dir, nsPath, UnlockWhich::OutsidePeers);
     if (st.ok() && !u.ok()) return u.error();
   }
   if (!st.ok()) return st.error().context("restore from " + dir.string());
