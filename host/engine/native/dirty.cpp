@@ -10,6 +10,7 @@
 #include <cerrno>
 
 #include "engine/native/internal.hpp"
+#include "engine/native/procfs.hpp"
 
 namespace crb::native {
 
@@ -18,24 +19,6 @@ namespace {
 constexpr uint64_t kFeatureWpUnpopulated = 1ull << 13;
 constexpr uint64_t kFeatureWpAsync = 1ull << 15;
 constexpr unsigned kUffdUserModeOnly = 1;
-
-struct PageRegion {
-  uint64_t start, end, categories;
-};
-struct PmScanArg {
-  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted,
-      category_mask, category_anyof_mask, return_mask;
-};
-constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
-constexpr uint64_t kScanWpMatching = 1, kScanCheckWpAsync = 2;
-constexpr uint64_t kIsWritten = 1 << 1;
-
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-#ifndef SYS_pidfd_getfd
-#define SYS_pidfd_getfd 438
-#endif
 }  // namespace
 
 Result<Fd> injectUserfaultfd(Seizure& s, pid_t pid, bool allowUserModeOnly, bool* userModeOnly) {
@@ -58,18 +41,15 @@ Result<Fd> injectUserfaultfd(Seizure& s, pid_t pid, bool allowUserModeOnly, bool
                      allowUserModeOnly ? "dirty tracking needs CONFIG_USERFAULTFD"
                                        : "needs CONFIG_USERFAULTFD and CAP_SYS_PTRACE in the tree (or "
                                          "vm.unprivileged_userfaultfd=1)");
-  Fd pidfd(int(::syscall(SYS_pidfd_open, pid, 0)));
-  int local = pidfd.valid() ? int(::syscall(SYS_pidfd_getfd, pidfd.get(), int(remote), 0)) : -1;
-  int getErr = errno;
+  auto local = grabRemoteFd(pid, int(remote));
   // Whatever happened, the target must not keep the descriptor: crbench's copy is the only one,
   // so the context (and every protection) dies with crbench.
   auto closed = inj.call(SYS_close, uint64_t(remote));
   s.noteStray(inj);
-  if (local < 0) return sysError(fmt::format("pidfd_getfd of the userfaultfd of pid {}", pid), getErr);
-  Fd fd(local);
+  if (!local.ok()) return local.error().context(fmt::format("take the userfaultfd of pid {}", pid));
   if (!closed.ok()) return closed.error().context("close the userfaultfd in the target");
-  if (::fcntl(local, F_SETFD, FD_CLOEXEC) != 0) return sysError("FD_CLOEXEC on a userfaultfd", errno);
-  return fd;
+  if (::fcntl(local->get(), F_SETFD, FD_CLOEXEC) != 0) return sysError("FD_CLOEXEC on a userfaultfd", errno);
+  return std::move(*local);
 }
 
 Result<std::unique_ptr<DirtyTracker>> DirtyTracker::attach(Seizure& s, pid_t pid) {

@@ -28,17 +28,6 @@
 namespace crb::native {
 
 namespace {
-// PAGEMAP_SCAN (Linux 6.7), declared here because Debian 12's headers predate it.
-struct PageRegion {
-  uint64_t start, end, categories;
-};
-struct PmScanArg {
-  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted,
-      category_mask, category_anyof_mask, return_mask;
-};
-constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
-constexpr uint64_t kIsFile = 1 << 2, kIsPresent = 1 << 3, kIsSwapped = 1 << 4, kIsPfnZero = 1 << 5;
-
 bool hasFlag(const std::string& vmflags, const char* f) {
   for (size_t i = 0; i + 1 < vmflags.size(); i++)
     if (vmflags[i] == f[0] && vmflags[i + 1] == f[1] && (i == 0 || vmflags[i - 1] == ' ')) return true;

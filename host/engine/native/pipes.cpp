@@ -10,24 +10,16 @@
 
 namespace crb::native {
 
-static Result<Fd> grabFd(pid_t pid, int fd) {
-  Fd pidfd(int(::syscall(SYS_pidfd_open, pid, 0)));
-  if (!pidfd.valid()) return sysError(fmt::format("pidfd_open {}", pid), errno);
-  Fd out(int(::syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
-  if (!out.valid()) return sysError(fmt::format("pidfd_getfd fd {} of pid {}", fd, pid), errno);
-  return out;
-}
-
 Status dumpPipeData(DumpCtx& c) {
   for (auto& p : c.tree.pipes) {
     if (!c.pipeAny.count(p.id)) continue;
     auto [apid, afd] = c.pipeAny.at(p.id);
-    CRB_ASSIGN(Fd any, grabFd(apid, afd));
+    CRB_ASSIGN(Fd any, grabRemoteFd(apid, afd));
     int cap = ::fcntl(any.get(), F_GETPIPE_SZ);
     if (cap > 0) p.capacity = cap;
     if (!p.readerInTree || !c.pipeReader.count(p.id)) continue;
     auto [rpid, rfd] = c.pipeReader.at(p.id);
-    CRB_ASSIGN(Fd r, grabFd(rpid, rfd));
+    CRB_ASSIGN(Fd r, grabRemoteFd(rpid, rfd));
     int tmp[2];
     if (::pipe2(tmp, O_CLOEXEC | O_NONBLOCK) != 0) return sysError("pipe", errno);
     Fd tr(tmp[0]), tw(tmp[1]);

@@ -1,5 +1,6 @@
 #pragma once
 // Small readers of /proc/<pid>/... used by every per-resource file.
+#include <sys/ioctl.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -10,6 +11,20 @@
 #include "core/result.hpp"
 
 namespace crb::native {
+
+// The PAGEMAP_SCAN ioctl on /proc/<pid>/pagemap (Linux 6.7), declared here because Debian 12's
+// headers predate it: the layout scan (memory.cpp) and dirty tracking (dirty.cpp) use it.
+struct PageRegion {
+  uint64_t start, end, categories;
+};
+struct PmScanArg {
+  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted,
+      category_mask, category_anyof_mask, return_mask;
+};
+constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
+constexpr uint64_t kScanWpMatching = 1, kScanCheckWpAsync = 2;  // PM_SCAN_* flags
+constexpr uint64_t kIsWritten = 1 << 1, kIsFile = 1 << 2, kIsPresent = 1 << 3, kIsSwapped = 1 << 4,
+                   kIsPfnZero = 1 << 5;  // PAGE_IS_* categories
 
 Result<std::string> readProc(pid_t pid, const std::string& file);
 // "Key:\tvalue" lines of /proc/<pid>/status (or task/<tid>/status).

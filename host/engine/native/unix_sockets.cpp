@@ -110,14 +110,6 @@ struct Diag {
   bool haveVfs = false;
 };
 
-Result<Fd> grabFd(pid_t pid, int fd) {
-  Fd pidfd(int(::syscall(SYS_pidfd_open, pid, 0)));
-  if (!pidfd.valid()) return sysError(fmt::format("pidfd_open {}", pid), errno);
-  Fd out(int(::syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
-  if (!out.valid()) return sysError(fmt::format("pidfd_getfd fd {} of pid {}", fd, pid), errno);
-  return out;
-}
-
 // Every unix socket of one network namespace, by inode. `nsFd` < 0: crbench's own namespace.
 Result<std::map<uint32_t, Diag>> unixDiag(int nsFd) {
   int sk = -1, err = 0;
@@ -276,7 +268,7 @@ static bool dumpNetlinkFd(DumpCtx& c, int g, FileDesc& f, const std::string& wha
 }
 
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what) {
-  auto g = grabFd(pid, fd);
+  auto g = grabRemoteFd(pid, fd);
   if (!g.ok()) return false;
   int dom = 0;
   socklen_t l = sizeof dom;
@@ -458,7 +450,7 @@ Status resolveUnixSockets(DumpCtx& c) {
     if (s.type != SOCK_DGRAM && me.state == TCP_ESTABLISHED && !me.name.empty()) s.accepted = true;
     // Queued data.
     if (me.rqueue == 0 && s.type != SOCK_DGRAM) continue;
-    auto g = grabFd(hpid, hfd);
+    auto g = grabRemoteFd(hpid, hfd);
     if (!g.ok()) return g.error().context(what);
     int zero = 0;
     if (::setsockopt(g->get(), SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) != 0)
