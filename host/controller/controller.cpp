@@ -63,7 +63,9 @@ Json errorJson(const Error& e, const std::string& phase) {
 
 CheckRun runCheck(Sandbox& sb, const ScenarioCheck& c) {
   CheckRun r;
-  auto reply = agentCall(sb, Json{{"op", "exec"}, {"argv", c.argv}, {"timeout_ms", 10000}}, std::chrono::seconds(15));
+  int ms = int(c.timeoutSeconds * 1000);
+  auto reply = agentCall(sb, Json{{"op", "exec"}, {"argv", c.argv}, {"timeout_ms", ms}},
+                         std::chrono::milliseconds(ms + 5000));
   if (!reply.ok()) {
     r.error = reply.error().message;
     return r;
@@ -289,6 +291,33 @@ RunOutcome runOnce(const RunSpec& spec) {
     }
     rec["timings_ms"]["warmup"] = warmupMs;
     if (!waitMs(warmupMs)) return interrupted("warm-up");
+    if (sc->ready) {
+      // A workload still filling its memory would be checkpointed smaller than its size says
+      // (seen: a 1 GiB memory workload under TCG took longer than the warm-up to fill).
+      progress("waiting for the workload to be ready");
+      auto tr = Clock::now();
+      auto deadline = tr + std::chrono::milliseconds(int(sc->ready->timeoutSeconds * 1000));
+      ScenarioCheck probe = *sc->ready;
+      probe.timeoutSeconds = std::max(1.0, std::min(probe.timeoutSeconds, 30.0));
+      CheckRun last;
+      for (;;) {
+        last = runCheck(*sandbox, probe);
+        if (last.ran && last.exitCode == Json(0)) break;
+        if (Clock::now() > deadline)
+        {
+          std::string cmd;
+          for (auto& a : sc->ready->argv) cmd += (cmd.empty() ? "" : " ") + a;
+          std::string why = last.ran ? last.out : last.error;
+          while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+          return finish("failed",
+                        makeError(fmt::format("the workload was not ready within {} s ([ready] {}): {}",
+                                              sc->ready->timeoutSeconds, cmd, why)),
+                        "ready");
+        }
+        if (!waitMs(200)) return interrupted("ready");
+      }
+      rec["timings_ms"]["ready_wait"] = msSince(tr);
+    }
     if (spec.dirtyWindowMs > 0) progress(fmt::format("measuring the workload's dirty rate ({} ms)", spec.dirtyWindowMs));
     rec["workload"]["dirty_rate"] = measureDirtyRate(*sandbox, spec.dirtyWindowMs);
 

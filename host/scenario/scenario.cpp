@@ -288,11 +288,25 @@ Result<ScenarioCheck> parseCheck(const Ctx& ctx, const toml::node& n, const std:
                                  const Json& params) {
   auto t = n.as_table();
   if (!t) return ctx.at(n.source(), key, "expected a table ([[checks]]), got " + typeName(n));
-  CRB_CHECK(checkKeys(ctx, *t, key + ".", {"name", "argv", "expect", "description"}));
+  bool ready = key == "ready";
+  CRB_CHECK(checkKeys(ctx, *t, key + ".", ready ? std::set<std::string>{"argv", "timeout_s", "description"}
+                                                 : std::set<std::string>{"name", "argv", "expect", "description", "timeout_s"}));
   ScenarioCheck c;
   auto name = t->get("name");
-  if (!name) return ctx.at(n.source(), key + ".name", "missing; every check needs a name");
-  CRB_ASSIGN(c.name, getString(ctx, *name, key + ".name"));
+  if (ready) {
+    c.name = "ready";
+    c.expect = "exit-zero";
+    c.timeoutSeconds = 120;
+  } else if (!name) {
+    return ctx.at(n.source(), key + ".name", "missing; every check needs a name");
+  } else {
+    CRB_ASSIGN(c.name, getString(ctx, *name, key + ".name"));
+  }
+  if (auto to = t->get("timeout_s")) {
+    CRB_ASSIGN(c.timeoutSeconds, getNumber(ctx, *to, key + ".timeout_s"));
+    if (c.timeoutSeconds < 1 || c.timeoutSeconds > 3600)
+      return ctx.at(to->source(), key + ".timeout_s", "expected seconds between 1 and 3600");
+  }
   auto argv = t->get("argv");
   if (!argv) return ctx.at(n.source(), key + ".argv", "missing; expected the command to run as an array of strings");
   CRB_ASSIGN(c.argv, getStringArray(ctx, *argv, key + ".argv"));
@@ -392,7 +406,7 @@ Status parseBody(const Ctx& ctx, const toml::table& root, Scenario& s,
                  const std::vector<std::string>& overrides) {
   CRB_CHECK(checkKeys(ctx, root, "",
                       {"name", "description", "binaries", "files", "runtimes", "host_packages",
-                       "digest", "params", "programs", "checks", "vm", "rest_of_system"}));
+                       "digest", "params", "programs", "checks", "vm", "rest_of_system", "ready"}));
   if (auto n = root.get("name")) {
     CRB_ASSIGN(s.name, getString(ctx, *n, "name"));
     if (s.name.empty() || s.name.find_first_of("/ \t") != std::string::npos)
@@ -454,6 +468,10 @@ Status parseBody(const Ctx& ctx, const toml::table& root, Scenario& s,
     return ctx.file("no [[programs]]; expected at least one program for the agent to start");
   CRB_CHECK(parseTableArray<ScenarioCheck>(ctx, root, "checks", s.checks,
       [&](const toml::node& n, const std::string& k) { return parseCheck(ctx, n, k, s.params); }));
+  if (auto r = root.get("ready")) {
+    CRB_ASSIGN(auto c, parseCheck(ctx, *r, "ready", s.params));
+    s.ready = std::move(c);
+  }
   return success();
 }
 
@@ -475,7 +493,9 @@ Json Scenario::toJson() const {
                              {"start_delay_s", p.startDelaySeconds}});
   j["checks"] = Json::array();
   for (auto& c : checks)
-    j["checks"].push_back({{"name", c.name}, {"argv", c.argv}, {"expect", c.expect}, {"description", c.description}});
+    j["checks"].push_back({{"name", c.name}, {"argv", c.argv}, {"expect", c.expect}, {"description", c.description},
+                           {"timeout_s", c.timeoutSeconds}});
+  if (ready) j["ready"] = {{"argv", ready->argv}, {"timeout_s", ready->timeoutSeconds}, {"description", ready->description}};
   j["digest"] = digest;
   j["runtimes"] = runtimes;
   j["host_packages"] = requiredHostPackages;

@@ -3,6 +3,7 @@
 // Files live in scenarios/<name>.toml; the format is documented in docs/scenarios.md.
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@ struct ScenarioCheck {
   std::vector<std::string> argv;
   std::string expect = "same";  // same | increases | changed | exit-zero
   std::string description;
+  double timeoutSeconds = 10;  // the agent kills the check after this long (timeout_s)
 };
 
 // A declared parameter: its type is the type of its default (integer, float, string, boolean).
@@ -66,6 +68,9 @@ struct Scenario {
   Json params = Json::object();  // parameters after overrides; `{name}` in argv is substituted
   std::vector<ScenarioParam> paramSpecs;  // declared parameters with their defaults
   RestOfSystemSpec restOfSystem;
+  // [ready]: a command that exits 0 once the workload has reached its steady state (e.g. memory
+  // filled); the run waits for it (up to its timeout_s) before the state digest and checkpoint.
+  std::optional<ScenarioCheck> ready;
   Json toJson() const;
 };
 

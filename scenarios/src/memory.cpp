@@ -2,6 +2,7 @@
 // contents are intact.
 //   crb-memory run --size-mib N --dirty-mib-s R [--state DIR]
 //   crb-memory verify [--state DIR] [--timeout S]   (asks the running workload to check itself)
+//   crb-memory ready [--state DIR]                  (exit 0 once the memory is filled)
 // Every 4 KiB page holds words derived from (page number, page generation, word index); a write
 // bumps the page's generation. A verify recomputes every page from its generation, so a page lost,
 // stale or mixed up by a checkpoint/restore shows as a bad page. The check must run inside the
@@ -58,8 +59,9 @@ int run(int argc, char** argv) {
               " MiB failed: " + std::strerror(errno));
   auto* base = static_cast<uint64_t*>(mem);
   std::vector<uint32_t> gen(pages, 0);
-  for (size_t p = 0; p < pages; ++p) fillPage(base + p * kWords, p, 0);
 
+  // Handlers and pid first: a verify asked for while the memory is still being filled is answered
+  // once it is full (not refused as "no pid"), and `ready` can tell filling from running.
   struct sigaction sa {};
   sa.sa_handler = [](int) { verifyRequested = 1; };
   sigaction(SIGUSR1, &sa, nullptr);
@@ -81,7 +83,9 @@ int run(int argc, char** argv) {
                   firstBad == UINT64_MAX ? int64_t{-1} : int64_t(firstBad));
     crbw::writeStatus(state + "/status", buf);
   };
+  status("filling");
   crbw::writePid(state + "/pid");
+  for (size_t p = 0; p < pages; ++p) fillPage(base + p * kWords, p, 0);
   status("running");
 
   const double tick = 0.01;
@@ -144,6 +148,15 @@ int verify(int argc, char** argv) {
   crbw::die("crb-memory verify: the workload did not answer within the timeout");
 }
 
+// Exit 0 once the whole memory is filled (phase=running): what the run waits for before it
+// checkpoints, so the image holds the size the parameters say.
+int ready(int argc, char** argv) {
+  std::string state = crbw::opt(argc, argv, "--state", "/tmp/crb-memory");
+  std::string phase = crbw::field(crbw::readText(state + "/status"), "phase");
+  std::printf("phase=%s\n", phase.empty() ? "none" : phase.c_str());
+  return phase == "running" ? 0 : 1;
+}
+
 int progress(int argc, char** argv) {
   return crbw::printStatusField(argc, argv, "/tmp/crb-memory", "pages_written");
 }
@@ -151,7 +164,8 @@ int progress(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return crbw::dispatch(argc, argv, {{"run", run}, {"verify", verify}, {"progress", progress}},
+  return crbw::dispatch(argc, argv, {{"run", run}, {"verify", verify}, {"ready", ready}, {"progress", progress}},
                         "usage: crb-memory run --size-mib N --dirty-mib-s R [--state DIR]\n"
-                        "       crb-memory verify [--state DIR] [--timeout S]\n");
+                        "       crb-memory verify [--state DIR] [--timeout S]\n"
+                        "       crb-memory ready [--state DIR]\n");
 }

@@ -7,9 +7,12 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "core/json.hpp"
 #include "core/result.hpp"
+#include "engine/native/procfs.hpp"
+#include "engine/native/state.hpp"
 
 namespace crb::native {
 
@@ -26,6 +29,18 @@ class MemoryCapture {
   // Is [start, end) of pid registered (uffd-wp) by this capture, not by the tree itself?
   virtual bool ownsRegistration(pid_t pid, uint64_t start, uint64_t end) const = 0;
   virtual Json figures() const = 0;
+  // The process's mappings with VmFlags as read (smaps, a page-table walk) just before the freeze
+  // while the tree ran, or null. The frozen dump then reads only /proc/pid/maps (no walk) and takes
+  // the flags of each identical line from here; dump.cpp checks them against a look after the
+  // release (verifyCachedVmFlags), and any line not found here sends it back to smaps.
+  virtual const std::vector<MapsLine>* cachedLayout(pid_t) const { return nullptr; }
+  // Frozen: the data pages (present or swapped, not the zero page) of [start, end) if the capture
+  // tracks that mapping and can find them in the walk it does anyway (pre-copy: the final dirty
+  // scan); `handled` false: the dump scans the usual way.
+  virtual Status trackedPages(pid_t, uint64_t, uint64_t, bool* handled, std::vector<PageRun>*) {
+    *handled = false;
+    return success();
+  }
 };
 
 }  // namespace crb::native

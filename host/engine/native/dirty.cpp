@@ -124,6 +124,45 @@ Result<std::vector<PageRun>> DirtyTracker::collect(uint64_t start, uint64_t end)
   return out;
 }
 
+namespace {
+void addRun(std::vector<PageRun>& out, uint64_t s, uint64_t e) {
+  if (!out.empty() && out.back().addr + out.back().pages * kPage == s)
+    out.back().pages += (e - s) / kPage;
+  else
+    out.push_back({s, (e - s) / kPage});
+}
+}  // namespace
+
+Status DirtyTracker::scanFinal(uint64_t start, uint64_t end, std::vector<PageRun>* data,
+                               std::vector<PageRun>* written) {
+  std::vector<PageRegion> vec(1024);
+  for (uint64_t at = start; at < end;) {
+    PmScanArg a{};
+    a.size = sizeof a;
+    a.flags = kScanCheckWpAsync;  // no WP_MATCHING: nothing is re-protected, the walk only reads
+    a.start = at;
+    a.end = end;
+    a.vec = reinterpret_cast<uint64_t>(vec.data());
+    a.vec_len = vec.size();
+    // Not PAGE_IS_FILE: asking for it makes the walk look up every page's struct page (4x slower
+    // here); a private anonymous mapping holds no file pages anyway.
+    a.category_inverted = kIsPfnZero;
+    a.category_mask = kIsPfnZero;
+    a.category_anyof_mask = kIsPresent | kIsSwapped;
+    a.return_mask = kIsPresent | kIsSwapped | kIsWritten;
+    long n = ::ioctl(pagemap_.get(), kPagemapScan, &a);
+    if (n < 0) return sysError(fmt::format("PAGEMAP_SCAN (final, data + written) of pid {} at {:#x}", pid_, at), errno);
+    for (long i = 0; i < n; i++) {
+      auto& r = vec[size_t(i)];
+      addRun(*data, r.start, r.end);
+      if (r.categories & kIsWritten) addRun(*written, r.start, r.end);
+    }
+    if (a.walk_end <= at) break;
+    at = a.walk_end;
+  }
+  return success();
+}
+
 void DirtyTracker::stop() {
   if (!uffd_.valid()) return;
   for (auto [s, e] : tracked_) {

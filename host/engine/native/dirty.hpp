@@ -49,6 +49,10 @@ class DirtyTracker {
   // Pages of [start, end) written since track() or the previous collect(); re-protects them in
   // the same walk, so no write is lost between the scan and the re-arm.
   Result<std::vector<PageRun>> collect(uint64_t start, uint64_t end);
+  // The tree frozen, tracking about to end: the data pages of [start, end) (present or swapped,
+  // not the zero page) and, among them, those written since the last collect(), in one walk that
+  // re-arms nothing. Fails (EPERM) if the range is no longer registered by this tracker.
+  Status scanFinal(uint64_t start, uint64_t end, std::vector<PageRun>* data, std::vector<PageRun>* written);
   // Unregister everything (clears all protection). Also done by the destructor.
   void stop();
   // For tests: the fd crbench holds (the tree holds none).

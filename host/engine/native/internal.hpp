@@ -16,6 +16,7 @@
 #include "engine/native/guardian.hpp"
 #include "engine/native/image.hpp"
 #include "engine/native/native.hpp"
+#include "engine/native/procfs.hpp"
 #include "engine/native/ptrace.hpp"
 #include "engine/native/state.hpp"
 
@@ -111,6 +112,9 @@ struct DumpCtx {
     undo.clear();
   }
   ProcessState& proc(pid_t pid);
+  // Processes whose VmFlags came from the capture's look just before the freeze (the frozen dump
+  // read only /proc/pid/maps): the maps lines as dumped, checked after the release.
+  std::map<pid_t, std::vector<MapsLine>> cachedFlags;
 };
 
 Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps);  // process.cpp
@@ -121,6 +125,8 @@ Status dumpPipeData(DumpCtx& c);                                    // pipes.cpp
 Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps);  // memory.cpp: which pages
 Status dumpMemoryPages(DumpCtx& c, pid_t pid, ProcessState& ps);   // memory.cpp: copy pages
 Status dumpShmemObjects(DumpCtx& c);                                // memory.cpp
+// After the release: VmFlags reused from before the freeze must match a fresh look (memory.cpp).
+Status verifyCachedVmFlags(DumpCtx& c);
 // Pages of [start, end) of a process holding data (present or swapped, not the zero page).
 Result<std::vector<PageRun>> scanDataPages(pid_t pid, uint64_t start, uint64_t end, bool anonOnly);  // memory.cpp
 

@@ -54,6 +54,8 @@ struct DumpStats {
   std::map<std::string, double> phasesMs;
   uint64_t processes = 0, threads = 0, pagesWritten = 0, pagesSkippedZero = 0, bytesWritten = 0;
   double frozenMs = 0;
+  // Where the frozen time went, step by step (seize .. release), for the freeze-downtime work.
+  std::map<std::string, double> freezeMs;
   Json memory = Json::object();  // pre-copy: tracking method, per-round figures (precopy.cpp)
   Json toJson() const;
 };

@@ -3,6 +3,8 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -147,6 +149,19 @@ Status PageStore::copy(pid_t pid, uint64_t addr, uint64_t pages, bool live, uint
   return success();
 }
 
+Status PageStore::put(uint64_t addr, uint64_t pages, const char* data) {
+  for (auto& [piece, slot] : place(addr, pages)) {
+    const char* from = data + (piece.addr - addr);
+    size_t len = piece.pages * kPage;
+    for (size_t w = 0; w < len;) {
+      ssize_t r = ::pwrite(fd_.get(), from + w, len - w, off_t(slot * kPage + w));
+      if (r <= 0) return sysError("write pre-copy page store " + path_.string(), r < 0 ? errno : EIO);
+      w += size_t(r);
+    }
+  }
+  return success();
+}
+
 Status PageStore::emit(const std::vector<PageRun>& runs, ImageWriter& out, uint64_t* bytes) {
   for (auto& r : runs) {
     for (uint64_t a = r.addr, end = r.addr + r.pages * kPage; a < end;) {
@@ -284,6 +299,20 @@ Status PreCopySession::round(int n, Json& fig, uint64_t* dirtyPages, double* cop
 }
 
 Status PreCopySession::iterate() {
+  // The rounds are background work: the running tree (and the agent answering the prober) come
+  // first. Restored before the last look and the freeze.
+  pid_t self = pid_t(::syscall(SYS_gettid));
+  errno = 0;
+  int nice = ::getpriority(PRIO_PROCESS, id_t(self));
+  bool niced = errno == 0 && ::setpriority(PRIO_PROCESS, id_t(self), 19) == 0;
+  struct Restore {
+    pid_t self;
+    int nice;
+    bool niced;
+    ~Restore() {
+      if (niced) ::setpriority(PRIO_PROCESS, id_t(self), nice);
+    }
+  } restore{self, nice, niced};
   auto t0 = Clock::now();
   uint64_t prev = 0;
   std::string why;
@@ -320,8 +349,106 @@ Status PreCopySession::iterate() {
   fig_["stop_reason"] = why;
   fig_["rounds_ms"] = msSince(t0);
   fig_["copy_mib_per_s"] = bytesPerMs_ * 1000 / (1 << 20);
+  return lookBeforeFreeze();
+}
+
+Status PreCopySession::lookBeforeFreeze() {
+  auto t0 = Clock::now();
+  for (auto& [pid, p] : procs_) {
+    if (p.direct) continue;
+    auto maps = readMaps(pid, true);
+    p.haveLayout = maps.ok();
+    if (maps.ok()) p.layout = std::move(*maps);
+  }
+  fig_["layout_look_ms"] = msSince(t0);
   return success();
 }
+
+const std::vector<MapsLine>* PreCopySession::cachedLayout(pid_t pid) const {
+  auto it = procs_.find(pid);
+  if (it == procs_.end() || it->second.direct || !it->second.haveLayout) return nullptr;
+  return &it->second.layout;
+}
+
+Status PreCopySession::trackedPages(pid_t pid, uint64_t start, uint64_t end, bool* handled,
+                                    std::vector<PageRun>* pages) {
+  *handled = false;
+  auto it = procs_.find(pid);
+  if (it == procs_.end() || it->second.direct || !it->second.tracker || !within(it->second.ranges, start, end))
+    return success();
+  Proc& p = it->second;
+  std::vector<PageRun> written;
+  // One walk gives both the data pages and which of them were written since the last round. It
+  // fails (EPERM) if the mapping is no longer the one registered (replaced at the same address):
+  // then it is copied whole the usual way.
+  auto st = p.tracker->scanFinal(start, end, pages, &written);
+  if (!st.ok()) {
+    pages->clear();
+    p.store->forget(start, end);
+    return success();
+  }
+  p.finalDirty[start] = std::move(written);
+  *handled = true;
+  return success();
+}
+
+namespace {
+// Sorted, merged: a page both dirty and missing from the store is read once.
+std::vector<PageRun> mergeRuns(std::vector<PageRun> runs) {
+  std::sort(runs.begin(), runs.end(), [](const PageRun& a, const PageRun& b) { return a.addr < b.addr; });
+  std::vector<PageRun> out;
+  for (auto& r : runs) {
+    if (!out.empty() && out.back().addr + out.back().pages * kPage >= r.addr) {
+      uint64_t end = std::max(out.back().addr + out.back().pages * kPage, r.addr + r.pages * kPage);
+      out.back().pages = (end - out.back().addr) / kPage;
+    } else {
+      out.push_back(r);
+    }
+  }
+  return out;
+}
+
+// Reads `runs` of a frozen process into `dst` in order: process_vm_readv with up to 1024 runs a
+// call (the final dirty pages are scattered single pages), /proc/pid/mem where it stops (PROT_NONE).
+Status readRuns(pid_t pid, const std::vector<PageRun>& runs, char* dst) {
+  std::vector<iovec> remote;
+  for (size_t i = 0; i < runs.size();) {
+    remote.clear();
+    size_t len = 0;
+    for (; i < runs.size() && remote.size() < 1024; i++) {
+      remote.push_back({reinterpret_cast<void*>(runs[i].addr), runs[i].pages * kPage});
+      len += runs[i].pages * kPage;
+    }
+    size_t done = 0, k = 0, into = 0;  // k: first remote iovec not fully read; into: bytes of it read
+    while (done < len) {
+      iovec local{dst + done, len - done};
+      iovec first = {static_cast<char*>(remote[k].iov_base) + into, remote[k].iov_len - into};
+      std::swap(first, remote[k]);
+      ssize_t n = ::process_vm_readv(pid, &local, 1, remote.data() + k, remote.size() - k, 0);
+      std::swap(first, remote[k]);
+      if (n <= 0) {
+        CRB_CHECK(readMem(pid, reinterpret_cast<uint64_t>(remote[k].iov_base) + into, dst + done,
+                          remote[k].iov_len - into));
+        n = ssize_t(remote[k].iov_len - into);
+      }
+      done += size_t(n);
+      for (size_t left = size_t(n); left;) {
+        size_t rest = remote[k].iov_len - into;
+        if (left >= rest) {
+          left -= rest;
+          k++;
+          into = 0;
+        } else {
+          into += left;
+          left = 0;
+        }
+      }
+    }
+    dst += len;
+  }
+  return success();
+}
+}  // namespace
 
 Status PreCopySession::frozen(DumpCtx& c, pid_t pid, ProcessState& ps) {
   auto it = procs_.find(pid);
@@ -333,25 +460,31 @@ Status PreCopySession::frozen(DumpCtx& c, pid_t pid, ProcessState& ps) {
   }
   auto t0 = Clock::now();
   Proc& p = it->second;
-  uint64_t copied = 0, dirty = 0;
+  uint64_t dirty = 0;
+  std::vector<PageRun> take;
   for (auto& v : ps.vmas) {
     if (v.pages.empty()) continue;
-    bool tracked = v.kind == "anon" && hasVmFlag(v.vmflags, "uw") && within(p.ranges, v.start, v.end);
+    auto fd = p.finalDirty.find(v.start);
+    bool tracked = v.kind == "anon" && fd != p.finalDirty.end();
     if (!tracked) {
-      for (auto& r : v.pages) CRB_CHECK(p.store->copy(pid, r.addr, r.pages, false, &copied));
+      take.insert(take.end(), v.pages.begin(), v.pages.end());
       continue;
     }
-    CRB_ASSIGN(auto runs, p.tracker->collect(v.start, v.end));
-    for (auto& r : runs) {
-      dirty += r.pages;
-      CRB_CHECK(p.store->copy(pid, r.addr, r.pages, false, &copied));
-    }
+    for (auto& r : fd->second) dirty += r.pages;
+    take.insert(take.end(), fd->second.begin(), fd->second.end());
     for (auto& r : v.pages)
-      for (auto& g : p.store->gaps(r.addr, r.pages)) CRB_CHECK(p.store->copy(pid, g.addr, g.pages, false, &copied));
+      for (auto& g : p.store->gaps(r.addr, r.pages)) take.push_back(g);
   }
+  // Into memory, not the store file: a write per scattered page would cost more than the copy.
+  // afterThaw() puts them in the store.
+  p.held = mergeRuns(std::move(take));
+  uint64_t pages = 0;
+  for (auto& r : p.held) pages += r.pages;
+  p.heldData.reset(new char[std::max<uint64_t>(pages, 1) * kPage]);
+  if (auto st = readRuns(pid, p.held, p.heldData.get()); !st.ok()) return st.error().context("pre-copy final round");
   Json& f = fig_["final"];
   if (f.is_null()) f = {{"pages", 0}, {"dirty_pages", 0}, {"ms", 0.0}};
-  f["pages"] = f["pages"].get<uint64_t>() + copied / kPage;
+  f["pages"] = f["pages"].get<uint64_t>() + pages;
   f["dirty_pages"] = f["dirty_pages"].get<uint64_t>() + dirty;
   f["ms"] = f["ms"].get<double>() + msSince(t0);
   return success();
@@ -360,14 +493,22 @@ Status PreCopySession::frozen(DumpCtx& c, pid_t pid, ProcessState& ps) {
 Status PreCopySession::afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) {
   auto it = procs_.find(pid);
   if (it == procs_.end() || it->second.direct) return success();  // written by finalCopy
+  Proc& p = it->second;
+  const char* at = p.heldData.get();
+  for (auto& r : p.held) {
+    CRB_CHECK(p.store->put(r.addr, r.pages, at));
+    at += r.pages * kPage;
+  }
+  p.held.clear();
+  p.heldData.reset();
   CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", c.imagePid(pid))));
   uint64_t bytes = 0;
   for (auto& v : ps.vmas)
-    if (!v.pages.empty()) CRB_CHECK(it->second.store->emit(v.pages, w, &bytes));
+    if (!v.pages.empty()) CRB_CHECK(p.store->emit(v.pages, w, &bytes));
   c.stats.pagesWritten += bytes / kPage;
   c.stats.bytesWritten += bytes;
   CRB_CHECK(w.commit(c.opts.sync));
-  it->second.store.reset();  // the store file goes as soon as its pages are in the image
+  p.store.reset();  // the store file goes as soon as its pages are in the image
   return success();
 }
 

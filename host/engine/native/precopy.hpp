@@ -40,6 +40,8 @@ class PageStore {
   // Copies `pages` pages at `addr` of `pid` into the store. `live`: the process runs (a read
   // failure drops those pages from the store: the final round copies them); frozen: an error.
   Status copy(pid_t pid, uint64_t addr, uint64_t pages, bool live, uint64_t* copied);
+  // Stores `pages` pages at `addr` from `data` (read by the caller).
+  Status put(uint64_t addr, uint64_t pages, const char* data);
   void forget(uint64_t start, uint64_t end);
   // Parts of [addr, addr + pages) the store does not hold.
   std::vector<PageRun> gaps(uint64_t addr, uint64_t pages) const;
@@ -76,6 +78,10 @@ class PreCopySession : public MemoryCapture {
   // After the thaw: write pages-<pid>.img from the store.
   Status afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) override;
   void released() override { stopTracking(); }  // the trackers go (unprotect) as the tree runs again
+  const std::vector<MapsLine>* cachedLayout(pid_t pid) const override;
+  Status trackedPages(pid_t pid, uint64_t start, uint64_t end, bool* handled, std::vector<PageRun>* pages) override;
+  // The last look at every process's layout (smaps) as the rounds end, while the tree runs.
+  Status lookBeforeFreeze();
   void stopTracking();
   Json figures() const override { return fig_; }
 
@@ -85,6 +91,14 @@ class PreCopySession : public MemoryCapture {
     std::unique_ptr<PageStore> store;
     std::vector<std::pair<uint64_t, uint64_t>> ranges;  // registered by us
     bool direct = false;  // not tracked (appeared later): the final dump copies it the usual way
+    std::vector<MapsLine> layout;  // lookBeforeFreeze()
+    bool haveLayout = false;
+    // Frozen: pages written since the last round, by mapping start, found by trackedPages() in
+    // the walk that also lists the present pages.
+    std::map<uint64_t, std::vector<PageRun>> finalDirty;
+    // Frozen: the final round's pages, read into memory (held) and stored after the thaw.
+    std::vector<PageRun> held;
+    std::unique_ptr<char[]> heldData;
   };
   Status round(int n, Json& fig, uint64_t* dirtyPages, double* copyMs);
   PreCopyOptions opts_;
