@@ -88,6 +88,7 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       if (o->preCopy && o->cow) return reportError(makeError("--pre-copy and --cow exclude each other"));
       if (o->cow) {
         cow = std::make_unique<native::CowSession>(o->images);
+        cow->lookBeforeFreeze({o->tree});
         opts.capture = cow.get();
         opts.leaveRunning = true;
         o->leaveRunning = true;

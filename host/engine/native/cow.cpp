@@ -111,6 +111,24 @@ Status CowSession::frozen(DumpCtx& c, pid_t pid, ProcessState& ps) {
   return success();
 }
 
+void CowSession::lookBeforeFreeze(const std::vector<pid_t>& roots) {
+  auto t0 = Clock::now();
+  std::vector<pid_t> todo = roots;
+  while (!todo.empty()) {
+    pid_t pid = todo.back();
+    todo.pop_back();
+    auto maps = readMaps(pid, true);
+    if (maps.ok()) looked_[pid] = std::move(*maps);
+    for (pid_t k : listChildren(pid)) todo.push_back(k);
+  }
+  lookMs_ = msSince(t0);
+}
+
+const std::vector<MapsLine>* CowSession::cachedLayout(pid_t pid) const {
+  auto it = looked_.find(pid);
+  return it == looked_.end() ? nullptr : &it->second;
+}
+
 void CowSession::released() {
   if (!handler_.joinable()) handler_ = std::thread([this] { serve(); });
 }
@@ -257,7 +275,8 @@ Json CowSession::figures() const {
           {"copied_on_fault_pages", faultCopies},
           {"max_fault_service_us", maxUs},
           {"background_pages", background},
-          {"background_ms", backgroundMs_}};
+          {"background_ms", backgroundMs_},
+          {"layout_look_ms", lookMs_ < 0 ? Json(nullptr) : Json(lookMs_)}};
 }
 
 }  // namespace crb::native

@@ -38,6 +38,10 @@ class CowSession : public MemoryCapture {
   Status afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) override;
   bool ownsRegistration(pid_t pid, uint64_t start, uint64_t end) const override;
   Json figures() const override;
+  // While the tree still runs, right before the freeze: each process's layout with VmFlags
+  // (smaps, a page-table walk), so the freeze reads only /proc/pid/maps (see capture.hpp).
+  void lookBeforeFreeze(const std::vector<pid_t>& roots);
+  const std::vector<MapsLine>* cachedLayout(pid_t pid) const override;
 
  private:
   struct Range {
@@ -62,7 +66,8 @@ class CowSession : public MemoryCapture {
   std::thread handler_;
   std::atomic<bool> stop_{false};
   Fd wake_;  // eventfd that ends the handler's poll
-  double protectMs_ = 0, frozenCopyMs_ = 0, backgroundMs_ = 0;
+  double protectMs_ = 0, frozenCopyMs_ = 0, backgroundMs_ = 0, lookMs_ = -1;
+  std::map<pid_t, std::vector<MapsLine>> looked_;
 };
 
 }  // namespace crb::native

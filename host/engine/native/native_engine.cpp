@@ -133,6 +133,11 @@ class NativeEngine : public Engine {
       }
       rep.phasesMs["precopy_rounds"] = msSince(tp);
     }
+    std::unique_ptr<native::CowSession> cow;
+    if (cowMode) {
+      cow = std::make_unique<native::CowSession>(ctx.imageDir);
+      cow->lookBeforeFreeze(native::listChildren(agent));
+    }
     auto guard = agentHold_->guardian();
     auto t0 = Clock::now();
     guard->noteFrozen((c->freezerCgroupDir() / "freezer.state").string());
@@ -176,8 +181,6 @@ class NativeEngine : public Engine {
     // The agent is still held when dumpTree releases or kills the tree: marks come from here.
     o.mark = [](const std::string&) {};
     bool resumedMarked = false;
-    std::unique_ptr<native::CowSession> cow;
-    if (cowMode) cow = std::make_unique<native::CowSession>(ctx.imageDir);
     if (precopy || cowMode) {
       o.capture = precopy ? static_cast<native::MemoryCapture*>(session.get()) : cow.get();
       // Pre-copy, COW: the workload runs again before the image is written; so does the agent.
