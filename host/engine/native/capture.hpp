@@ -11,6 +11,7 @@
 
 #include "core/json.hpp"
 #include "core/result.hpp"
+#include "engine/native/image.hpp"
 #include "engine/native/procfs.hpp"
 #include "engine/native/state.hpp"
 
@@ -40,6 +41,17 @@ class MemoryCapture {
   virtual Status trackedPages(pid_t, uint64_t, uint64_t, bool* handled, std::vector<PageRun>*) {
     *handled = false;
     return success();
+  }
+  // Frozen: a shared memory object (shared anonymous, memfd, deleted tmpfs file; `fd` open on it)
+  // the capture pre-copied: it sets o.extents and holds what changed since its last round;
+  // emitShmem() writes the data to blobs.img after the thaw. `handled` false: the dump reads the
+  // object itself (into memory, written after the thaw in the objects' order).
+  virtual Status frozenShmem(DumpCtx&, ShmemObject&, int /*fd*/, bool* handled) {
+    *handled = false;
+    return success();
+  }
+  virtual Status emitShmem(DumpCtx&, const ShmemObject& o, ImageWriter&) {
+    return makeError(fmt::format("internal: shared memory object {} was not captured", o.id));
   }
 };
 

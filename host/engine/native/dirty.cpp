@@ -61,9 +61,20 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::attach(Seizure& s, pid_t pid
   int local = t->uffd_.get();
   uffdio_api api{};
   api.api = UFFD_API;
-  api.features = kFeatureWpAsync | kFeatureWpUnpopulated;
-  if (::ioctl(local, UFFDIO_API, &api) != 0)
-    return sysError(fmt::format("UFFDIO_API with WP_ASYNC|WP_UNPOPULATED for pid {} (kernel < 6.7?)", pid), errno);
+  // Shared memory (shmem: shared anonymous, memfd, tmpfs) too where the kernel can (>= 5.19); a
+  // refused feature leaves the context unconfigured, so the call can be made again without it.
+  api.features = kFeatureWpAsync | kFeatureWpUnpopulated | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+  t->shmem_ = true;
+  if (::ioctl(local, UFFDIO_API, &api) != 0 && errno == EINVAL) {
+    api = {};
+    api.api = UFFD_API;
+    api.features = kFeatureWpAsync | kFeatureWpUnpopulated;
+    t->shmem_ = false;
+    if (::ioctl(local, UFFDIO_API, &api) != 0)
+      return sysError(fmt::format("UFFDIO_API with WP_ASYNC|WP_UNPOPULATED for pid {} (kernel < 6.7?)", pid), errno);
+  } else if (t->shmem_ && !(api.features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM)) {
+    t->shmem_ = false;
+  }
   // PAGEMAP_SCAN must exist too (same kernel release as WP_ASYNC, but check: a backport may differ).
   PmScanArg probe{};
   probe.size = sizeof probe;
@@ -160,6 +171,38 @@ Status DirtyTracker::scanFinal(uint64_t start, uint64_t end, std::vector<PageRun
     if (a.walk_end <= at) break;
     at = a.walk_end;
   }
+  return success();
+}
+
+Status DirtyTracker::protectedPages(uint64_t start, uint64_t end, std::vector<PageRun>* out) {
+  std::vector<PageRegion> vec(1024);
+  for (uint64_t at = start; at < end;) {
+    PmScanArg a{};
+    a.size = sizeof a;
+    a.flags = kScanCheckWpAsync;
+    a.start = at;
+    a.end = end;
+    a.vec = reinterpret_cast<uint64_t>(vec.data());
+    a.vec_len = vec.size();
+    a.category_inverted = kIsWritten;
+    a.category_mask = kIsWritten;
+    a.category_anyof_mask = kIsPresent | kIsSwapped;  // a marker counts as swapped
+    a.return_mask = kIsPresent | kIsSwapped;
+    long n = ::ioctl(pagemap_.get(), kPagemapScan, &a);
+    if (n < 0) return sysError(fmt::format("PAGEMAP_SCAN (protected pages) of pid {} at {:#x}", pid_, at), errno);
+    for (long i = 0; i < n; i++) addRun(*out, vec[size_t(i)].start, vec[size_t(i)].end);
+    if (a.walk_end <= at) break;
+    at = a.walk_end;
+  }
+  return success();
+}
+
+Status DirtyTracker::protect(uint64_t start, uint64_t end) {
+  uffdio_writeprotect wp{};
+  wp.range = {start, end - start};
+  wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+  if (::ioctl(uffd_.get(), UFFDIO_WRITEPROTECT, &wp) != 0)
+    return sysError(fmt::format("UFFDIO_WRITEPROTECT {:#x}-{:#x} of pid {}", start, end, pid_), errno);
   return success();
 }
 

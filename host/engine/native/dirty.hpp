@@ -41,8 +41,11 @@ class DirtyTracker {
   ~DirtyTracker() { stop(); }
   const std::string& method() const { return method_; }
   bool userModeOnly() const { return userModeOnly_; }
+  // Can shared memory mappings (shmem) be tracked too (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)?
+  bool tracksShmem() const { return shmem_; }
 
-  // Start tracking [start, end) (a writable private anonymous mapping): register it and
+  // Start tracking [start, end) (a writable private anonymous or, with tracksShmem(), shared
+  // memory mapping): register it and
   // write-protect every page, populated or not. Pages written after this are reported by
   // collect(). Returns false (no error) if the kernel would not register that range.
   Result<bool> track(uint64_t start, uint64_t end);
@@ -53,6 +56,13 @@ class DirtyTracker {
   // not the zero page) and, among them, those written since the last collect(), in one walk that
   // re-arms nothing. Fails (EPERM) if the range is no longer registered by this tracker.
   Status scanFinal(uint64_t start, uint64_t end, std::vector<PageRun>* data, std::vector<PageRun>* written);
+  // Pages of [start, end) still protected since the last arming (present or swapped, or an
+  // unpopulated page's marker, with the write-protect bit): read-only walk. For shared memory the
+  // rest of the range is what may have been written: a written page whose page-table entry was
+  // dropped since (MADV_DONTNEED, reclaim) keeps its data in the object but shows as nothing.
+  Status protectedPages(uint64_t start, uint64_t end, std::vector<PageRun>* out);
+  // Write-protect [start, end) again (pages that protectedPages() did not list).
+  Status protect(uint64_t start, uint64_t end);
   // Unregister everything (clears all protection). Also done by the destructor.
   void stop();
   // For tests: the fd crbench holds (the tree holds none).
@@ -62,6 +72,7 @@ class DirtyTracker {
   pid_t pid_ = 0;
   std::string method_;
   bool userModeOnly_ = false;
+  bool shmem_ = false;
   Fd uffd_, pagemap_;
   std::vector<std::pair<uint64_t, uint64_t>> tracked_;
 };

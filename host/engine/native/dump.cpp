@@ -228,6 +228,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
     c.stats.phasesMs["vmflags_check"] = msSince(tw);
     for (auto& ps : c.tree.procs)
       if (!ps.zombie && written.ok()) written = opts.capture->afterThaw(c, ps.pid, ps);
+    if (written.ok()) written = writeShmemAfterThaw(c);
     if (niced) ::setpriority(PRIO_PROCESS, id_t(self), nice);
     CRB_CHECK(written);
     c.stats.phasesMs["pages_after_thaw"] = msSince(tw);

@@ -115,6 +115,10 @@ struct DumpCtx {
   // Processes whose VmFlags came from the capture's look just before the freeze (the frozen dump
   // read only /proc/pid/maps): the maps lines as dumped, checked after the release.
   std::map<pid_t, std::vector<MapsLine>> cachedFlags;
+  // With a capture (pre-copy, COW) shared memory goes to blobs.img after the thaw: objects the
+  // capture took (by id), and the data of the others, read during the freeze.
+  std::set<int> shmemCaptured;
+  std::map<int, std::vector<char>> shmemHeld;
 };
 
 Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps);  // process.cpp
@@ -127,6 +131,8 @@ Status dumpMemoryPages(DumpCtx& c, pid_t pid, ProcessState& ps);   // memory.cpp
 Status dumpShmemObjects(DumpCtx& c);                                // memory.cpp
 // After the release: VmFlags reused from before the freeze must match a fresh look (memory.cpp).
 Status verifyCachedVmFlags(DumpCtx& c);
+// After the release (capture): shared memory objects' data into blobs.img, in order (memory.cpp).
+Status writeShmemAfterThaw(DumpCtx& c);
 // Pages of [start, end) of a process holding data (present or swapped, not the zero page).
 Result<std::vector<PageRun>> scanDataPages(pid_t pid, uint64_t start, uint64_t end, bool anonOnly);  // memory.cpp
 

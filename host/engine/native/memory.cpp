@@ -431,6 +431,17 @@ Status dumpShmemObjects(DumpCtx& c) {
       o.seals = seals < 0 ? 0 : seals;
       if (o.seals != 0 && o.seals != F_SEAL_SEAL) c.refuse(fmt::format("memfd {} with seals {:#x}", o.name, o.seals));
     }
+    if (c.opts.capture) {
+      bool handled = false;
+      CRB_CHECK(c.opts.capture->frozenShmem(c, o, fd.get(), &handled));
+      if (handled) {
+        c.shmemCaptured.insert(o.id);
+        continue;
+      }
+    }
+    // With a capture, blobs.img is written after the thaw (a captured object's data is only
+    // assembled then): the others' data waits in memory, in order.
+    std::vector<char>* held = c.opts.capture ? &c.shmemHeld[o.id] : nullptr;
     off_t pos = 0;
     for (;;) {
       off_t d = ::lseek(fd.get(), pos, SEEK_DATA);
@@ -439,13 +450,34 @@ Status dumpShmemObjects(DumpCtx& c) {
       if (h < 0) h = off_t(o.size);
       o.extents.push_back({uint64_t(d), uint64_t(h - d)});
       for (off_t at = d; at < h;) {
-        ssize_t n = ::pread(fd.get(), buf.data(), std::min<off_t>(off_t(buf.size()), h - at), at);
+        char* into = buf.data();
+        size_t want = size_t(std::min<off_t>(off_t(buf.size()), h - at));
+        if (held) {
+          held->resize(held->size() + want);
+          into = held->data() + held->size() - want;
+        }
+        ssize_t n = ::pread(fd.get(), into, want, at);
         if (n <= 0) return sysError("read shared memory object " + src, n < 0 ? errno : EIO);
-        CRB_CHECK(c.blobs->write(buf.data(), size_t(n)));
+        if (held) held->resize(held->size() - want + size_t(n));
+        else CRB_CHECK(c.blobs->write(buf.data(), size_t(n)));
         at += n;
       }
       pos = h;
     }
+  }
+  return success();
+}
+
+Status writeShmemAfterThaw(DumpCtx& c) {
+  for (auto& o : c.tree.shmem) {
+    if (c.shmemCaptured.count(o.id)) {
+      CRB_CHECK(c.opts.capture->emitShmem(c, o, *c.blobs));
+      continue;
+    }
+    auto it = c.shmemHeld.find(o.id);
+    if (it == c.shmemHeld.end()) continue;
+    CRB_CHECK(c.blobs->write(it->second.data(), it->second.size()));
+    std::vector<char>().swap(it->second);
   }
   return success();
 }

@@ -3,13 +3,16 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 
 #include "engine/native/internal.hpp"
 #include "engine/native/procfs.hpp"
@@ -30,6 +33,26 @@ bool hasVmFlag(const std::string& vmflags, const char* f) {
 bool trackable(const MapsLine& m) {
   if (m.perms.size() < 4 || m.perms[1] != 'w' || m.perms[3] != 'p') return false;
   return m.path.empty() || m.path == "[heap]" || m.path == "[stack]" || m.path.rfind("[anon:", 0) == 0;
+}
+
+// Shared memory the dump carries as an object (memory.cpp's "shmem" kind): shared anonymous
+// (/dev/zero), memfd, deleted tmpfs files. Writable mappings only: a read-only one cannot write.
+bool isShmemLine(const MapsLine& m) {
+  if (m.perms.size() < 4 || m.perms[3] != 's' || m.perms[1] != 'w' || m.path.rfind("/SYSV", 0) == 0) return false;
+  bool deleted = m.path.size() > 10 && m.path.compare(m.path.size() - 10, 10, " (deleted)") == 0;
+  return deleted || m.path.rfind("/memfd:", 0) == 0 || m.path.rfind("/dev/zero", 0) == 0;
+}
+
+// [start, end) minus the sorted runs `have`.
+std::vector<PageRun> complement(uint64_t start, uint64_t end, const std::vector<PageRun>& have) {
+  std::vector<PageRun> out;
+  uint64_t at = start;
+  for (auto& r : have) {
+    if (r.addr > at) out.push_back({at, (r.addr - at) / kPage});
+    at = std::max(at, r.addr + r.pages * kPage);
+  }
+  if (at < end) out.push_back({at, (end - at) / kPage});
+  return out;
 }
 
 bool within(const std::vector<std::pair<uint64_t, uint64_t>>& ranges, uint64_t s, uint64_t e) {
@@ -162,6 +185,27 @@ Status PageStore::put(uint64_t addr, uint64_t pages, const char* data) {
   return success();
 }
 
+Status PageStore::read(uint64_t addr, uint64_t pages, std::vector<char>* buf) {
+  buf->resize(pages * kPage);
+  for (uint64_t a = addr, end = addr + pages * kPage; a < end;) {
+    auto it = ext_.upper_bound(a);
+    if (it == ext_.begin()) return makeError(fmt::format("internal: page {:#x} missing from the pre-copy store", a));
+    --it;
+    uint64_t eEnd = it->first + it->second.pages * kPage;
+    if (eEnd <= a) return makeError(fmt::format("internal: page {:#x} missing from the pre-copy store", a));
+    uint64_t stop = std::min(end, eEnd);
+    off_t off = off_t((it->second.slot + (a - it->first) / kPage) * kPage);
+    char* to = buf->data() + (a - addr);
+    for (size_t d = 0; d < stop - a;) {
+      ssize_t n = ::pread(fd_.get(), to + d, stop - a - d, off + off_t(d));
+      if (n <= 0) return sysError("read pre-copy page store " + path_.string(), n < 0 ? errno : EIO);
+      d += size_t(n);
+    }
+    a = stop;
+  }
+  return success();
+}
+
 Status PageStore::emit(const std::vector<PageRun>& runs, ImageWriter& out, uint64_t* bytes) {
   for (auto& r : runs) {
     for (uint64_t a = r.addr, end = r.addr + r.pages * kPage; a < end;) {
@@ -233,13 +277,90 @@ void PreCopySession::stopTracking() {
 
 bool PreCopySession::ownsRegistration(pid_t pid, uint64_t start, uint64_t end) const {
   auto it = procs_.find(pid);
-  return it != procs_.end() && !it->second.direct && within(it->second.ranges, start, end);
+  if (it == procs_.end() || it->second.direct) return false;
+  if (within(it->second.ranges, start, end)) return true;
+  for (auto& r : it->second.shmRanges)
+    if (r.start <= start && end <= r.end) return true;
+  return false;
+}
+
+Status PreCopySession::copyShm(ShmObj& o, const std::vector<PageRun>& offsets, uint64_t* copied) {
+  struct stat st {};
+  if (::fstat(o.fd.get(), &st) != 0) return sysError("fstat a shared memory object", errno);
+  uint64_t size = (uint64_t(st.st_size) + kPage - 1) & ~(kPage - 1);
+  std::vector<char> buf;
+  for (auto r : offsets) {
+    if (r.addr >= size) continue;
+    r.pages = std::min(r.pages, (size - r.addr) / kPage);
+    buf.resize(r.pages * kPage);
+    size_t got = 0;
+    while (got < buf.size()) {
+      ssize_t n = ::pread(o.fd.get(), buf.data() + got, buf.size() - got, off_t(r.addr + got));
+      if (n < 0) return sysError("read a shared memory object", errno);
+      if (n == 0) break;  // shrunk meanwhile: the rest reads as zeros, the freeze sees the size change
+      got += size_t(n);
+    }
+    std::fill(buf.begin() + long(got), buf.end(), 0);
+    CRB_CHECK(o.store->put(r.addr, r.pages, buf.data()));
+    *copied += buf.size();
+  }
+  return success();
+}
+
+Status PreCopySession::shmemLine(pid_t pid, Proc& p, const MapsLine& m, uint64_t* copied, uint64_t* dirty) {
+  ShmKey key{makedev(m.devMajor, m.devMinor), m.ino};
+  auto [oit, fresh] = shm_.try_emplace(key);
+  ShmObj& o = oit->second;
+  if (fresh) {
+    std::string src = fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, m.start, m.end);
+    o.fd.reset(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!o.fd.valid() || ::fstat(o.fd.get(), &o.st0) != 0) {
+      o.broken = fmt::format("cannot open {}: {}", src, std::strerror(errno));
+      return success();
+    }
+    CRB_ASSIGN(o.store, PageStore::create(dir_ / fmt::format(".precopy-shm-{}.pages", m.ino)));
+  }
+  if (!o.broken.empty()) return success();
+  uint64_t off0 = m.pgoff * kPage;
+  auto toOffsets = [&](std::vector<PageRun> runs) {
+    for (auto& r : runs) r.addr = r.addr - m.start + off0;
+    return runs;
+  };
+  for (auto& r : p.shmRanges) {
+    if (r.start != m.start || r.end != m.end || r.pgoff != m.pgoff || r.key != key) continue;
+    // Written since the last round (re-armed in the same walk), then whatever is no longer
+    // protected (an entry dropped after a write), protected again before it is copied.
+    auto written = p.tracker->collect(m.start, m.end);
+    std::vector<PageRun> lost;
+    auto prot = written.ok() ? p.tracker->protectedPages(m.start, m.end, &lost) : Status(written.error());
+    if (!prot.ok()) {
+      o.broken = fmt::format("mapping {:#x}-{:#x} of pid {} lost its tracking: {}", m.start, m.end, pid,
+                             prot.error().message);
+      return success();
+    }
+    auto unprotected = complement(m.start, m.end, lost);
+    for (auto& u : unprotected) CRB_CHECK(p.tracker->protect(u.addr, u.addr + u.pages * kPage));
+    for (auto& w : *written) *dirty += w.pages;
+    CRB_CHECK(copyShm(o, toOffsets(*written), copied));
+    CRB_CHECK(copyShm(o, toOffsets(unprotected), copied));
+    return success();
+  }
+  CRB_ASSIGN(bool ok, p.tracker->track(m.start, m.end));
+  if (!ok) {
+    o.broken = fmt::format("the kernel would not write-protect shared mapping {:#x}-{:#x} of pid {}", m.start, m.end, pid);
+    return success();
+  }
+  p.shmRanges.push_back({m.start, m.end, m.pgoff, key});
+  // Writes through this mapping before now were not seen: its window of the object is copied again.
+  o.store->forget(off0, off0 + (m.end - m.start));
+  CRB_CHECK(copyShm(o, {{off0, (m.end - m.start) / kPage}}, copied));
+  return success();
 }
 
 Status PreCopySession::round(int n, Json& fig, uint64_t* dirtyPages, double* copyMs) {
   auto t0 = Clock::now();
   double sinceLast = std::chrono::duration<double>(t0 - lastCollect_).count();
-  uint64_t copied = 0, dirty = 0, fresh = 0, newRanges = 0;
+  uint64_t copied = 0, dirty = 0, fresh = 0, newRanges = 0, shmCopied = 0;
   for (auto& [pid, p] : procs_) {
     if (p.direct) continue;
     auto maps = readMaps(pid, true);
@@ -251,6 +372,14 @@ Status PreCopySession::round(int n, Json& fig, uint64_t* dirtyPages, double* cop
       return maps.error().context("pre-copy round");
     }
     for (auto& m : *maps) {
+      if (isShmemLine(m)) {
+        if (p.tracker->tracksShmem()) {
+          uint64_t before = copied;
+          CRB_CHECK(shmemLine(pid, p, m, &copied, &dirty));
+          shmCopied += copied - before;
+        }
+        continue;
+      }
       if (!trackable(m)) continue;
       bool ours = hasVmFlag(m.vmflags, "uw") && within(p.ranges, m.start, m.end);
       if (ours) {
@@ -290,7 +419,8 @@ Status PreCopySession::round(int n, Json& fig, uint64_t* dirtyPages, double* cop
          {"ms", ms},
          {"dirty_pages", dirty},
          {"new_ranges", newRanges},
-         {"new_range_pages", fresh}};
+         {"new_range_pages", fresh},
+         {"shmem_pages", shmCopied / kPage}};
   if (n > 0) fig["dirty_mib_per_s"] = sinceLast > 0 ? double(dirty * kPage) / (1 << 20) / sinceLast : 0.0;
   *dirtyPages = dirty + fresh;
   *copyMs = ms;
@@ -509,6 +639,131 @@ Status PreCopySession::afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) {
   c.stats.bytesWritten += bytes;
   CRB_CHECK(w.commit(c.opts.sync));
   p.store.reset();  // the store file goes as soon as its pages are in the image
+  return success();
+}
+
+Status PreCopySession::frozenShmem(DumpCtx& c, ShmemObject& o, int fd, bool* handled) {
+  *handled = false;
+  auto it = shm_.find({o.dev, o.ino});
+  Json& f = fig_["shmem"];
+  if (f.is_null()) f = Json::array();
+  Json row{{"object", o.id}, {"size", o.size}};
+  auto refuse = [&](const std::string& why) {
+    row["precopied"] = false;
+    row["why"] = why;
+    f.push_back(row);
+    return success();
+  };
+  if (it == shm_.end()) return refuse("not seen in the rounds (or its kernel cannot write-protect shared memory)");
+  ShmObj& so = it->second;
+  if (!so.broken.empty()) return refuse(so.broken);
+  // What the write-protection cannot see: write(2) and fallocate() through a descriptor (a
+  // memfd or tmpfs file the tree keeps open). mtime is no help (a write through a shared mapping
+  // changes it too), so an object with a descriptor in the tree is copied in the freeze. A
+  // process outside the tree writing to it is not seen here (nor by stop-and-copy: it keeps
+  // writing after the freeze).
+  for (auto& fdesc : c.tree.files)
+    if ((fdesc.kind == "memfd" && fdesc.object == o.id) || (fdesc.dev == o.dev && fdesc.ino == o.ino && fdesc.ino))
+      return refuse(fmt::format("the tree holds a descriptor of it ({}): write(2) through it would not be seen",
+                                fdesc.kind));
+  struct stat now {};
+  if (::fstat(fd, &now) != 0 || now.st_size != so.st0.st_size) return refuse("resized since the rounds began");
+  auto t0 = Clock::now();
+  // Every mapping of it in the tree must be one we tracked; their unprotected pages are what may
+  // have changed since the last round.
+  std::vector<PageRun> changed;
+  for (auto& ps : c.tree.procs) {
+    if (ps.zombie) continue;
+    for (auto& v : ps.vmas) {
+      if (v.kind != "shmem" || v.object != o.id) continue;
+      auto pit = procs_.find(ps.pid);
+      if (pit == procs_.end() || pit->second.direct || !pit->second.tracker)
+        return refuse(fmt::format("pid {} maps it and is not tracked", ps.pid));
+      const ShmRange* r = nullptr;
+      for (auto& x : pit->second.shmRanges)
+        if (x.start == v.start && x.end == v.end && x.pgoff == v.pgoff && x.key == ShmKey{o.dev, o.ino}) r = &x;
+      if (!r) {
+        if (!(v.prot & PROT_WRITE)) continue;  // a read-only mapping writes nothing
+        return refuse(fmt::format("mapping {:#x}-{:#x} of pid {} is not tracked", v.start, v.end, ps.pid));
+      }
+      std::vector<PageRun> prot;
+      if (!pit->second.tracker->protectedPages(v.start, v.end, &prot).ok())
+        return refuse(fmt::format("mapping {:#x}-{:#x} of pid {} lost its tracking", v.start, v.end, ps.pid));
+      uint64_t n = 0;
+      for (auto& u : complement(v.start, v.end, prot)) {
+        changed.push_back({u.addr - v.start + v.pgoff * kPage, u.pages});
+        n += u.pages;
+      }
+      row["unprotected_pages"].push_back({{"pid", ps.pid}, {"pages", n}, {"protected_runs", prot.size()}});
+    }
+  }
+  // The data now (SEEK_DATA/SEEK_HOLE: the page cache, no page-table walk); of it, what changed
+  // or what the store lacks is read.
+  std::vector<PageRun> want;
+  std::sort(changed.begin(), changed.end(), [](const PageRun& a, const PageRun& b) { return a.addr < b.addr; });
+  for (off_t pos = 0;;) {
+    off_t d = ::lseek(fd, pos, SEEK_DATA);
+    if (d < 0) break;
+    off_t h = ::lseek(fd, d, SEEK_HOLE);
+    if (h < 0) h = off_t(o.size);
+    o.extents.push_back({uint64_t(d), uint64_t(h - d)});
+    uint64_t s = uint64_t(d) & ~(kPage - 1), e = (uint64_t(h) + kPage - 1) & ~(kPage - 1);
+    for (auto& g : so.store->gaps(s, (e - s) / kPage)) want.push_back(g);
+    for (auto& ch : changed) {
+      uint64_t cs = std::max(s, ch.addr), ce = std::min(e, ch.addr + ch.pages * kPage);
+      if (cs < ce) want.push_back({cs, (ce - cs) / kPage});
+    }
+    pos = h;
+  }
+  so.held = mergeRuns(std::move(want));
+  uint64_t pages = 0;
+  for (auto& r : so.held) pages += r.pages;
+  so.heldData.reset(new char[std::max<uint64_t>(pages, 1) * kPage]);
+  char* at = so.heldData.get();
+  for (auto& r : so.held) {
+    size_t len = r.pages * kPage, got = 0;
+    while (got < len) {
+      ssize_t n = ::pread(fd, at + got, len - got, off_t(r.addr + got));
+      if (n < 0) return sysError("read shared memory object " + std::to_string(o.id), errno);
+      if (n == 0) break;
+      got += size_t(n);
+    }
+    std::memset(at + got, 0, len - got);
+    at += len;
+  }
+  row["precopied"] = true;
+  row["final_pages"] = pages;
+  row["final_ms"] = msSince(t0);
+  f.push_back(row);
+  *handled = true;
+  return success();
+}
+
+Status PreCopySession::emitShmem(DumpCtx& c, const ShmemObject& o, ImageWriter& out) {
+  auto it = shm_.find({o.dev, o.ino});
+  if (it == shm_.end() || !it->second.store) return makeError(fmt::format("internal: shared memory object {} not held", o.id));
+  ShmObj& so = it->second;
+  const char* at = so.heldData.get();
+  for (auto& r : so.held) {
+    CRB_CHECK(so.store->put(r.addr, r.pages, at));
+    at += r.pages * kPage;
+  }
+  so.held.clear();
+  so.heldData.reset();
+  // Whole pages from the store, the extent's own length into the image.
+  std::vector<char> buf;
+  for (auto& e : o.extents) {
+    uint64_t s = e[0] & ~(kPage - 1), end = (e[0] + e[1] + kPage - 1) & ~(kPage - 1);
+    for (uint64_t a = s; a < end;) {
+      uint64_t n = std::min<uint64_t>(end - a, 8 << 20);
+      CRB_CHECK(so.store->read(a, n / kPage, &buf));
+      uint64_t from = std::max(a, e[0]), to = std::min(a + n, e[0] + e[1]);
+      CRB_CHECK(out.write(buf.data() + (from - a), to - from));
+      c.stats.bytesWritten += to - from;
+      a += n;
+    }
+  }
+  so.store.reset();
   return success();
 }
 

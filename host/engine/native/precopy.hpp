@@ -6,6 +6,7 @@
 //
 // Pages live in a per-process store file in the image directory until the final image is written:
 // an interval map (address -> slot) so a page dirtied again overwrites its own slot.
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -45,6 +46,8 @@ class PageStore {
   void forget(uint64_t start, uint64_t end);
   // Parts of [addr, addr + pages) the store does not hold.
   std::vector<PageRun> gaps(uint64_t addr, uint64_t pages) const;
+  // Reads `pages` stored pages at `addr` (all must be held) into `buf`.
+  Status read(uint64_t addr, uint64_t pages, std::vector<char>* buf);
   // Streams the stored pages of `runs` (all must be held) in order into `out`.
   Status emit(const std::vector<PageRun>& runs, class ImageWriter& out, uint64_t* bytes);
   uint64_t slots() const { return nextSlot_; }
@@ -79,6 +82,8 @@ class PreCopySession : public MemoryCapture {
   Status afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) override;
   void released() override { stopTracking(); }  // the trackers go (unprotect) as the tree runs again
   const std::vector<MapsLine>* cachedLayout(pid_t pid) const override;
+  Status frozenShmem(DumpCtx& c, ShmemObject& o, int fd, bool* handled) override;
+  Status emitShmem(DumpCtx& c, const ShmemObject& o, ImageWriter& out) override;
   Status trackedPages(pid_t pid, uint64_t start, uint64_t end, bool* handled, std::vector<PageRun>* pages) override;
   // The last look at every process's layout (smaps) as the rounds end, while the tree runs.
   Status lookBeforeFreeze();
@@ -86,6 +91,11 @@ class PreCopySession : public MemoryCapture {
   Json figures() const override { return fig_; }
 
  private:
+  using ShmKey = std::pair<uint64_t, uint64_t>;  // dev, inode (as the dump's ShmemObject)
+  struct ShmRange {
+    uint64_t start, end, pgoff;
+    ShmKey key;
+  };
   struct Proc {
     std::unique_ptr<DirtyTracker> tracker;
     std::unique_ptr<PageStore> store;
@@ -99,7 +109,22 @@ class PreCopySession : public MemoryCapture {
     // Frozen: the final round's pages, read into memory (held) and stored after the thaw.
     std::vector<PageRun> held;
     std::unique_ptr<char[]> heldData;
+    std::vector<ShmRange> shmRanges;  // shared memory mappings registered by us
   };
+  // Shared memory (shared anonymous, memfd, deleted tmpfs) is pre-copied per object, by offset,
+  // from writes seen through every mapping of it in the tree.
+  struct ShmObj {
+    Fd fd;
+    std::unique_ptr<PageStore> store;  // "addresses" are offsets in the object
+    std::string broken;                // why it is not pre-copied (copied in the freeze instead)
+    struct stat st0 {};                // when first seen: write(2), truncate change mtime/ctime/size
+    std::vector<PageRun> held;         // frozen: what changed, read into heldData
+    std::unique_ptr<char[]> heldData;
+    uint64_t rounds = 0;
+  };
+  Status shmemLine(pid_t pid, Proc& p, const MapsLine& m, uint64_t* copied, uint64_t* dirty);
+  Status copyShm(ShmObj& o, const std::vector<PageRun>& offsets, uint64_t* copied);
+  std::map<ShmKey, ShmObj> shm_;
   Status round(int n, Json& fig, uint64_t* dirtyPages, double* copyMs);
   PreCopyOptions opts_;
   std::filesystem::path dir_;

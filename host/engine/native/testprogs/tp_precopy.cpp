@@ -3,15 +3,20 @@
 // process. A page copied in an early round and dirtied later but not copied again, or a table
 // from another moment than the pages, shows as a mismatch of some byte.
 //
-//   tp_precopy GO-FILE [SIZE-MIB [RATE-MIB-S]]
+//   tp_precopy GO-FILE [SIZE-MIB [RATE-MIB-S [private|shared|memfd|memfd-open]]]
 // Prints READY once every page is written, keeps rewriting pages in order at RATE; when GO-FILE
 // appears it checks every byte of every page (PASS/FAIL), rewrites for another 200 ms, checks
-// again and exits.
+// again and exits. `shared` / `memfd`: the pages and the generation table are shared memory
+// (shared anonymous / a memfd, closed after mmap or kept open) and a forked child rewrites the odd pages while the parent rewrites
+// the even ones, so writes through two processes' mappings of one object must all be caught.
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "tp.hpp"
@@ -41,13 +46,26 @@ int main(int argc, char** argv) {
   tp::init(argc, argv);
   size_t mib = argc > 2 ? size_t(std::atol(argv[2])) : 64;
   double rate = argc > 3 ? std::atof(argv[3]) : 16;
+  std::string kind = argc > 4 ? argv[4] : "private";
+  bool shared = kind == "shared" || kind == "memfd" || kind == "memfd-open";
   size_t pages = mib * 256;
-  auto* mem = static_cast<uint64_t*>(
-      mmap(nullptr, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  // Shared: pages, then the generation table and the write count, in one object.
+  size_t bytes = pages * 4096 + (shared ? (pages + 1) * 8 : 0);
+  int fd = -1;
+  if (kind.rfind("memfd", 0) == 0) {
+    fd = memfd_create("tp_precopy", 0);
+    if (fd < 0 || ftruncate(fd, off_t(bytes)) != 0) return 2;
+  }
+  int flags = shared ? (fd >= 0 ? MAP_SHARED : MAP_SHARED | MAP_ANONYMOUS) : MAP_PRIVATE | MAP_ANONYMOUS;
+  auto* mem = static_cast<uint64_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, flags, fd, 0));
   if (mem == MAP_FAILED) return 2;
-  std::vector<uint64_t> gen(pages, 0);
-  volatile uint64_t writes = 0;
+  if (kind == "memfd") close(fd);  // memfd-open keeps it: a write(2) could change the object unseen
+  std::vector<uint64_t> ownGen(shared ? 0 : pages, 0);
+  uint64_t* gen = shared ? mem + pages * kWords : ownGen.data();
+  uint64_t ownWrites = 0;
+  uint64_t* writesAt = shared ? gen + pages : &ownWrites;
   for (size_t i = 0; i < pages; i++) fill(mem + i * kWords, i, 0);
+  auto writes = [&] { return __atomic_load_n(writesAt, __ATOMIC_SEQ_CST); };
 
   auto check = [&](const char* when) {
     size_t bad = 0, first = SIZE_MAX;
@@ -65,21 +83,32 @@ int main(int argc, char** argv) {
     }
     tp::check(bad == 0, "%s: %zu of %zu pages differ from their generation's pattern (first: page %zu)", when, bad,
               pages, first);
-    tp::check(sum == writes, "%s: generation table sums to %llu, %llu writes were made", when,
-              (unsigned long long)sum, (unsigned long long)writes);
+    tp::check(sum == writes(), "%s: generation table sums to %llu, %llu writes were made", when,
+              (unsigned long long)sum, (unsigned long long)writes());
   };
 
-  tp::ready();
+  // Shared: a child rewrites the odd pages, the parent the even ones, each at half the rate.
+  pid_t child = 0;
+  size_t first = 0, stride = 1;
+  if (shared) {
+    child = fork();
+    if (child < 0) return 2;
+    first = child == 0 ? 1 : 0;
+    stride = 2;
+    rate /= 2;
+  }
+  if (child > 0 || !shared) tp::ready();
   // Rewrite pages in order at `rate` MiB/s; look for GO-FILE every 64 pages.
   const double perPage = rate > 0 ? 4096.0 / (rate * 1048576.0) : 0.02;
-  size_t cursor = 0;
+  size_t cursor = first;
   double next = now();
   auto step = [&]() {
     if (rate > 0) {
       fill(mem + cursor * kWords, cursor, gen[cursor] + 1);
       gen[cursor]++;
-      writes = writes + 1;
-      cursor = (cursor + 1) % pages;
+      __atomic_fetch_add(writesAt, 1, __ATOMIC_SEQ_CST);
+      cursor += stride;
+      if (cursor >= pages) cursor = first;
     }
     next += perPage;
     double d = next - now();
@@ -93,6 +122,14 @@ int main(int argc, char** argv) {
   for (size_t n = 0;; n++) {
     if ((rate <= 0 || n % 64 == 0) && tp::goExists()) break;
     step();
+  }
+  if (child == 0 && shared) _exit(0);  // the parent checks, once the child stopped writing
+  if (child > 0) {
+    int st = 0;
+    tp::check(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the writing child exited 0");
+    first = 0;
+    stride = 1;
+    rate *= 2;
   }
   check("after restore");
   double until = now() + 0.2;
