@@ -143,6 +143,53 @@ def test_precopy_shared_memory_every_byte(kind, tmp_path):
     restore_and_check(p, log, go, img)
 
 
+def test_forced_dirty_tracking_method_fails_clearly_when_missing(tmp_path):
+    """--dirty-tracking soft-dirty on a kernel without soft-dirty (and uffd-wp where it is missing)
+    fails before touching the tree, naming what is missing; the tree runs on untraced."""
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), "4", "0"], tmp_path)
+    wait_for(log, "READY")
+    tried = 0
+    for method, missing in [("soft-dirty", "soft-dirty was asked for"), ("uffd-wp", "uffd-wp was asked for")]:
+        img = tmp_path / f"img-{method}"
+        d = cr("dump", "--pre-copy", "--dirty-tracking", method, "--json", "--tree", p.pid, "--images", img)
+        if d.returncode == 0:
+            assert json.loads(d.stdout)["memory"]["dirty_tracking"].startswith(method.split("-")[0]), d.stdout
+            continue
+        tried += 1
+        assert missing in d.stderr and "hint:" in d.stderr, d.stderr
+        assert not list(img.glob("*.img")), "a refused dump left an image"
+        assert status(p.pid)["TracerPid"] == "0" and wp_ranges(p.pid) == []
+    env = dict(os.environ, CRBENCH_DIRTY_TRACKING="dirty-bits")
+    d = subprocess.run([crbench_bin(), "cr", "dump", "--pre-copy", "--tree", str(p.pid), "--images",
+                        str(tmp_path / "img-env")], capture_output=True, text=True, env=env, timeout=60)
+    assert d.returncode != 0 and "unknown dirty tracking method 'dirty-bits'" in d.stderr, d.stderr
+    go.touch()
+    assert p.wait(timeout=30) == 0
+
+
+def test_precopy_soft_dirty_every_byte(tmp_path):
+    """The soft-dirty fallback (clear_refs 4 + pagemap bit 55, the tree stopped for each read and
+    clear): every byte checked after the restore. Needs CONFIG_MEM_SOFT_DIRTY."""
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), "32", "16"], tmp_path)
+    wait_for(log, "READY")
+    time.sleep(0.3)
+    img = tmp_path / "img"
+    d = cr("dump", "--pre-copy", "--dirty-tracking", "soft-dirty", "--max-rounds", "6", "--json", "--tree", p.pid,
+           "--images", img)
+    if d.returncode != 0 and "soft-dirty was asked for" in d.stderr:
+        pytest.skip(f"this kernel has no soft-dirty tracking: {d.stderr.strip()}")
+    assert d.returncode == 0, d.stderr
+    mem = json.loads(d.stdout)["memory"]
+    assert mem["dirty_tracking"] == "soft-dirty", mem
+    assert mem["rounds"][1]["dirty_pages"] > 0 and all("stopped_ms" in r for r in mem["rounds"]), mem["rounds"]
+    assert status(p.pid)["TracerPid"] == "0"
+    restore_and_check(p, log, go, img)
+
+
 def test_dumper_killed_mid_round_leaves_tree_running_unprotected(tmp_path):
     need_root()
     need_uffd_wp(tmp_path)

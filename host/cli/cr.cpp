@@ -64,6 +64,11 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       ->check(CLI::Range(0, 1000));
   dump->add_option("--max-seconds", o->pc.maxSeconds, "pre-copy: at most this long for all rounds")
       ->check(CLI::Range(0.0, 86400.0));
+  dump->add_option("--dirty-tracking", o->pc.dirtyTracking,
+                   "pre-copy: auto (default; also $CRBENCH_DIRTY_TRACKING), uffd-wp (userfaultfd write-protect + "
+                   "PAGEMAP_SCAN, Linux >= 6.7) or soft-dirty (CONFIG_MEM_SOFT_DIRTY); a method this kernel lacks "
+                   "is an error")
+      ->check(CLI::IsMember({"auto", "uffd-wp", "soft-dirty"}));
   auto* restore = app.add_subcommand("restore", "restore a process tree from an image directory");
   restore->add_option("--images,-D", o->images, "image directory")->required();
   restore->add_flag("--detach,-d", o->detach,

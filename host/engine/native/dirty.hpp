@@ -29,6 +29,25 @@ class Seizure;
 // a sync handler would see the tree's own syscalls fail with EFAULT on protected buffers).
 Result<Fd> injectUserfaultfd(Seizure& s, pid_t pid, bool allowUserModeOnly, bool* userModeOnly = nullptr);
 
+// One /proc/<pid>/pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
+struct PagemapEntry {
+  bool present = false, swapped = false, fileOrShared = false, exclusive = false, softDirty = false;
+  uint64_t pfn = 0;  // 0 unless the reader has CAP_SYS_ADMIN
+};
+PagemapEntry parsePagemapEntry(uint64_t e);
+
+// What this kernel offers for dirty tracking, probed in crbench's own memory.
+struct DirtyMethods {
+  bool uffdWpAsync = false;  // userfaultfd with UFFD_FEATURE_WP_ASYNC (+ WP_UNPOPULATED)
+  bool pagemapScan = false;  // the PAGEMAP_SCAN ioctl
+  bool softDirty = false;    // CONFIG_MEM_SOFT_DIRTY: pagemap bit 55, cleared by clear_refs "4"
+  std::string why;           // what is missing, for messages
+};
+DirtyMethods probeDirtyMethods();
+// The method to use: `forced` is "" / "auto" (UFFD-WP + PAGEMAP_SCAN, else soft-dirty), "uffd-wp"
+// or "soft-dirty" (from --dirty-tracking or CRBENCH_DIRTY_TRACKING); an error names what is missing.
+Result<std::string> chooseDirtyMethod(const DirtyMethods& have, const std::string& forced);
+
 class DirtyTracker {
  public:
   // Method names recorded in results.
@@ -38,6 +57,12 @@ class DirtyTracker {
   // `pid` must be seized in `s` with injection prepared. Tries UFFD-WP first, then soft-dirty;
   // the error says why neither works.
   static Result<std::unique_ptr<DirtyTracker>> attach(Seizure& s, pid_t pid);
+  // With a method from chooseDirtyMethod().
+  static Result<std::unique_ptr<DirtyTracker>> attach(Seizure& s, pid_t pid, const std::string& method);
+  // Soft-dirty only: clear the process's soft-dirty bits (process-wide, so after collect() of
+  // every range, with the process stopped: a write between the read and the clear would be lost).
+  Status rearm();
+  bool softDirty() const { return method_ == kSoftDirty; }
   ~DirtyTracker() { stop(); }
   const std::string& method() const { return method_; }
   bool userModeOnly() const { return userModeOnly_; }
@@ -73,7 +98,10 @@ class DirtyTracker {
   std::string method_;
   bool userModeOnly_ = false;
   bool shmem_ = false;
-  Fd uffd_, pagemap_;
+  Fd uffd_, pagemap_, clearRefs_;
+  // Soft-dirty: pagemap entries of [start, end): data pages (present or swapped) and those with
+  // the soft-dirty bit.
+  Status readSoftDirty(uint64_t start, uint64_t end, std::vector<PageRun>* data, std::vector<PageRun>* written);
   std::vector<std::pair<uint64_t, uint64_t>> tracked_;
 };
 

@@ -243,14 +243,15 @@ bool sameMapping(const MapsLine& a, const MapsLine& b) {
 }
 
 // The userfaultfd flags are left out of the comparison: pre-copy's own registration ends at the
-// release; the tree's own would need a userfaultfd descriptor, which the dump refuses.
+// release; the tree's own would need a userfaultfd descriptor, which the dump refuses. So is "sd"
+// (soft-dirty bookkeeping of the mapping: clear_refs changes it, a restore does not carry it).
 std::string flagsWithoutUffd(const std::string& f) {
   std::string out;
   for (size_t i = 0; i < f.size();) {
     size_t j = f.find(' ', i);
     if (j == std::string::npos) j = f.size();
     std::string w = f.substr(i, j - i);
-    if (!w.empty() && w != "um" && w != "uw" && w != "ui") out += (out.empty() ? "" : " ") + w;
+    if (!w.empty() && w != "um" && w != "uw" && w != "ui" && w != "sd") out += (out.empty() ? "" : " ") + w;
     i = j + 1;
   }
   return out;

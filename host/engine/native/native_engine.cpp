@@ -117,6 +117,10 @@ class NativeEngine : public Engine {
                            "target_downtime_ms=10");
         }
       }
+      if (ctx.options.contains("dirty_tracking")) {
+        auto v = ctx.options["dirty_tracking"];
+        po.dirtyTracking = v.is_string() ? v.get<std::string>() : v.dump();
+      }
       if (ctx.options.contains("max_rounds")) {
         auto v = ctx.options["max_rounds"];
         po.maxRounds = v.is_string() ? std::atoi(v.get<std::string>().c_str()) : v.get<int>();

@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "engine/native/internal.hpp"
@@ -238,6 +240,15 @@ Result<std::unique_ptr<PreCopySession>> PreCopySession::start(pid_t root, const 
   s->opts_ = o;
   s->dir_ = dir;
   s->root_ = root;
+  // Chosen before anything is touched: a forced method this kernel lacks fails here, saying so.
+  std::string forced = o.dirtyTracking;
+  if (forced.empty())
+    if (const char* e = std::getenv("CRBENCH_DIRTY_TRACKING")) forced = e;
+  auto have = probeDirtyMethods();
+  CRB_ASSIGN(s->method_, chooseDirtyMethod(have, forced));
+  s->fig_["dirty_methods_available"] = {{"uffd_wp_async", have.uffdWpAsync}, {"pagemap_scan", have.pagemapScan},
+                                        {"soft_dirty", have.softDirty}};
+  s->fig_["dirty_tracking_requested"] = forced.empty() ? "auto" : forced;
   auto t0 = Clock::now();
   {
     Seizure z;  // its destructor detaches on every path: the tree runs on
@@ -247,7 +258,7 @@ Result<std::unique_ptr<PreCopySession>> PreCopySession::start(pid_t root, const 
     for (pid_t pid : z.order) {
       if (z.zombies.count(pid)) continue;
       CRB_CHECK(z.prepareInjection(pid));
-      auto t = DirtyTracker::attach(z, pid);
+      auto t = DirtyTracker::attach(z, pid, s->method_);
       Status fin = z.finishInjection(pid);
       if (!t.ok()) return t.error().context(fmt::format("pre-copy: dirty tracking of pid {}", pid));
       CRB_CHECK(fin);
@@ -260,7 +271,7 @@ Result<std::unique_ptr<PreCopySession>> PreCopySession::start(pid_t root, const 
     z.release();
   }
   s->fig_["setup_pause_ms"] = msSince(t0);
-  s->fig_["dirty_tracking"] = DirtyTracker::kUffdWp;
+  s->fig_["dirty_tracking"] = s->method_;
   s->fig_["options"] = {{"target_downtime_ms", o.targetDowntimeMs}, {"max_rounds", o.maxRounds},
                         {"max_seconds", o.maxSeconds}, {"min_shrink", o.minShrink}};
   s->fig_["rounds"] = Json::array();
@@ -361,6 +372,23 @@ Status PreCopySession::round(int n, Json& fig, uint64_t* dirtyPages, double* cop
   auto t0 = Clock::now();
   double sinceLast = std::chrono::duration<double>(t0 - lastCollect_).count();
   uint64_t copied = 0, dirty = 0, fresh = 0, newRanges = 0, shmCopied = 0;
+  // Soft-dirty: the bits are read and cleared with the tree stopped (clear_refs is process-wide
+  // and not atomic with the read), the pages copied after it runs again; UFFD-WP reads and re-arms
+  // atomically, so its pages are copied as they are found, the tree running.
+  bool soft = method_ == DirtyTracker::kSoftDirty;
+  std::optional<Seizure> stopped;
+  std::vector<std::pair<pid_t, PageRun>> pending;
+  if (soft) {
+    stopped.emplace();
+    CRB_CHECK(stopped->seizeTree(root_));
+  }
+  auto take = [&](pid_t pid, Proc& p, const PageRun& r) -> Status {
+    if (soft) {
+      pending.push_back({pid, r});
+      return success();
+    }
+    return p.store->copy(pid, r.addr, r.pages, true, &copied);
+  };
   for (auto& [pid, p] : procs_) {
     if (p.direct) continue;
     auto maps = readMaps(pid, true);
@@ -381,7 +409,7 @@ Status PreCopySession::round(int n, Json& fig, uint64_t* dirtyPages, double* cop
         continue;
       }
       if (!trackable(m)) continue;
-      bool ours = hasVmFlag(m.vmflags, "uw") && within(p.ranges, m.start, m.end);
+      bool ours = (soft || hasVmFlag(m.vmflags, "uw")) && within(p.ranges, m.start, m.end);
       if (ours) {
         auto runs = p.tracker->collect(m.start, m.end);
         if (!runs.ok()) {
@@ -392,7 +420,7 @@ Status PreCopySession::round(int n, Json& fig, uint64_t* dirtyPages, double* cop
         }
         for (auto& r : *runs) {
           dirty += r.pages;
-          CRB_CHECK(p.store->copy(pid, r.addr, r.pages, true, &copied));
+          CRB_CHECK(take(pid, p, r));
         }
         continue;
       }
@@ -407,12 +435,20 @@ Status PreCopySession::round(int n, Json& fig, uint64_t* dirtyPages, double* cop
       CRB_ASSIGN(auto runs, scanDataPages(pid, m.start, m.end, false));
       for (auto& r : runs) {
         fresh += r.pages;
-        CRB_CHECK(p.store->copy(pid, r.addr, r.pages, true, &copied));
+        CRB_CHECK(take(pid, p, r));
       }
     }
   }
+  if (soft) {
+    for (auto& [pid, p] : procs_)
+      if (!p.direct && p.tracker) CRB_CHECK(p.tracker->rearm());
+    stopped->release();
+    fig["stopped_ms"] = msSince(t0);
+    for (auto& [pid, r] : pending) CRB_CHECK(procs_[pid].store->copy(pid, r.addr, r.pages, true, &copied));
+  }
   lastCollect_ = t0;
   double ms = msSince(t0);
+  double stoppedMs = fig.contains("stopped_ms") ? fig["stopped_ms"].get<double>() : -1;
   fig = {{"round", n},
          {"pages", copied / kPage},
          {"bytes", copied},
@@ -421,6 +457,7 @@ Status PreCopySession::round(int n, Json& fig, uint64_t* dirtyPages, double* cop
          {"new_ranges", newRanges},
          {"new_range_pages", fresh},
          {"shmem_pages", shmCopied / kPage}};
+  if (stoppedMs >= 0) fig["stopped_ms"] = stoppedMs;  // soft-dirty: the tree was stopped this long
   if (n > 0) fig["dirty_mib_per_s"] = sinceLast > 0 ? double(dirty * kPage) / (1 << 20) / sinceLast : 0.0;
   *dirtyPages = dirty + fresh;
   *copyMs = ms;

@@ -32,6 +32,8 @@ struct PreCopyOptions {
   int maxRounds = 12;            // after the first full copy
   double maxSeconds = 60;        // all rounds together
   double minShrink = 0.9;        // stop when a round's dirty set is not below this share of the last
+  // auto | uffd-wp | soft-dirty; empty: $CRBENCH_DIRTY_TRACKING, else auto (chooseDirtyMethod).
+  std::string dirtyTracking;
 };
 
 class PageStore {
@@ -133,6 +135,7 @@ class PreCopySession : public MemoryCapture {
   Json fig_ = Json::object();
   std::chrono::steady_clock::time_point lastCollect_;
   double bytesPerMs_ = 0;  // copy speed measured in the rounds
+  std::string method_;     // DirtyTracker::kUffdWp or kSoftDirty
 };
 
 }  // namespace crb::native
