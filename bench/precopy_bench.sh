@@ -5,6 +5,7 @@
 #
 #   bench/precopy_bench.sh OUT-DIR [REPEATS] [SCALING-SIZES] [SCALING-REPEATS]
 # e.g. nice -n 10 bench/precopy_bench.sh /var/tmp/crb-precopy 5 "64 256 4096" 2
+# SKIP_MAIN=1 runs only the scaling series.
 set -eu
 out=${1:?usage: precopy_bench.sh OUT-DIR [REPEATS] [SCALING-SIZES] [SCALING-REPEATS]}
 repeats=${2:-5}
@@ -26,14 +27,17 @@ run() {  # name, then crbench compare arguments
 
 # 1 GiB at 16 MiB/s: native, CRIU (container) and QEMU (TCG VM) in one compare run: stop-and-copy,
 # pre-copy, copy-on-write (native), post-copy (QEMU), leave-running (QEMU: background snapshot).
-run main memory --engines native criu qemu --runtimes container vm \
+[ -n "${SKIP_MAIN:-}" ] || run main memory --engines native criu qemu --runtimes container vm \
   --modes stop-and-copy pre-copy cow post-copy leave-running \
   --param size_mib=1024 --param dirty_mib_s=16 --repeats "$repeats" $warmup
 
 # Scaling: memory size at the same dirty rate, fewer repeats (the 1 GiB point is the run above).
+# VM_SIZES (default: the same sizes) limits the TCG guest's points, the slow ones.
 for s in $sizes; do
   run "scale-$s-container" memory --engines native criu --runtimes container --modes stop-and-copy pre-copy cow \
     --param size_mib="$s" --param dirty_mib_s=16 --repeats "$srepeats" --no-warmup
+done
+for s in ${VM_SIZES:-$sizes}; do
   run "scale-$s-vm" memory --engines qemu --runtimes vm --modes stop-and-copy pre-copy leave-running \
     --param size_mib="$s" --param dirty_mib_s=16 --repeats "$srepeats" --no-warmup
 done

@@ -90,6 +90,44 @@ def native_lines(p, out, name, native, best_qemu, target_ms):
         p()
 
 
+def freeze_table(p, out, name, native):
+    """Where the engine's freeze went, step by step (engine_figures.freeze_ms), median per step."""
+    cols = {}
+    for mode in ("pre-copy", "cow", "stop-and-copy"):
+        row = native.get(mode)
+        if not row:
+            continue
+        runs = [r["engine_report"]["checkpoint"]["engine_figures"] for r in records(out, name, row)
+                if r.get("status") == "ok"]
+        runs = [f for f in runs if f.get("freeze_ms")]
+        if runs:
+            cols[mode] = runs
+    if not cols:
+        return
+    steps = []
+    for runs in cols.values():
+        for f in runs:
+            steps += [k for k in f["freeze_ms"] if k not in steps]
+    p("Native freeze by step (engine_figures.freeze_ms, median over the ok runs, ms; `layout_*` are parts of "
+      "`memory_layout`):\n")
+    p("| step | " + " | ".join(f"{m} (n={len(r)})" for m, r in cols.items()) + " |")
+    p("|---|" + "---:|" * len(cols))
+    order = ["seize", "process_state", "ns_pids", "files", "memory_layout", "layout_read_maps", "layout_page_scan",
+             "sysv_ipc", "pipes_files_shmem", "final_pages", "pages", "undo", "release"]
+    for st in sorted(steps, key=lambda k: order.index(k) if k in order else 99):
+        vals = []
+        for runs in cols.values():
+            xs = [f["freeze_ms"][st] for f in runs if st in f["freeze_ms"]]
+            vals.append(fmt(statistics.median(xs), 2) if xs else "-")
+        p(f"| {st} | " + " | ".join(vals) + " |")
+    vals = []
+    for runs in cols.values():
+        xs = [f["frozen_ms"] for f in runs if f.get("frozen_ms") is not None]
+        vals.append(fmt(statistics.median(xs), 2) if xs else "-")
+    p("| **frozen_ms** | " + " | ".join(vals) + " |")
+    p()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -133,6 +171,7 @@ def main():
     if best_qemu:
         p(f"QEMU's best mode by median checkpoint downtime in this run: **{best_qemu[0]}**, {fmt(best_qemu[1])} ms.\n")
     native_lines(p, out, "main", native, best_qemu, a.target_ms)
+    freeze_table(p, out, "main", native)
     row = native.get("pre-copy")
     if row:
         ok = [r for r in records(out, "main", row) if r.get("status") == "ok"]
