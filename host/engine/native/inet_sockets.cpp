@@ -148,9 +148,14 @@ std::vector<std::vector<std::string>> lockRules(int family, const Json& local, c
 }
 
 // iptables -I/-D <rule> run in the network namespace at nsPath.
-Status netfilter(const std::string& nsPath, const std::vector<std::string>& rule, bool insert) {
+std::vector<std::string> netfilterArgv(const std::string& nsPath, const std::vector<std::string>& rule, bool insert) {
   std::vector<std::string> argv{"nsenter", "--net=" + nsPath, rule[0], rule[1], insert ? "-I" : "-D"};
   argv.insert(argv.end(), rule.begin() + 2, rule.end());
+  return argv;
+}
+
+Status netfilter(const std::string& nsPath, const std::vector<std::string>& rule, bool insert) {
+  auto argv = netfilterArgv(nsPath, rule, insert);
   CRB_ASSIGN(auto r, runCommand(argv));
   if (!r.succeeded())
     return makeError(fmt::format("{}: {}", joinArgs(argv), r.describe()),
@@ -181,26 +186,46 @@ Status dumpTcpEstablished(DumpCtx& c, pid_t pid, int fd, Fd& dup, Json& d, const
   int family = d["family"];
   std::string nsPath = fmt::format("/proc/{}/ns/net", pid);
   auto rules = lockRules(family, d["local"], d["peer"]);
+  // Each change is recorded with the guardian before it is made (guardian.hpp).
+  auto guard = c.seizure->guardian();
+  std::vector<int> ruleSlots;
+  auto unlock = [guard, rules, nsPath](const std::vector<int>& slots) {
+    for (size_t j = 0; j < slots.size(); j++) {
+      (void)netfilter(nsPath, rules[j], false);
+      guard->fixed(slots[j]);
+    }
+  };
   for (size_t i = 0; i < rules.size(); i++) {
-    auto st = netfilter(nsPath, rules[i], true);
+    auto slot = guard->noteCommand(pid, netfilterArgv(nsPath, rules[i], false));
+    Status st = slot.ok() ? netfilter(nsPath, rules[i], true) : Status(slot.error());
+    if (slot.ok()) ruleSlots.push_back(*slot);
     if (!st.ok()) {
-      for (size_t j = 0; j < i; j++) (void)netfilter(nsPath, rules[j], false);
+      // The failed rule is not there: its -D would fail harmlessly; the slot goes with the others.
+      unlock(ruleSlots);
       return st.error().context("keep " + what + " quiet during the dump");
     }
+  }
+  faultPoint("tcp-lock");
+  auto repairSlot = guard->noteTcpRepair(pid, fd);
+  if (!repairSlot.ok()) {
+    unlock(ruleSlots);
+    return repairSlot.error();
   }
   int on = TCP_REPAIR_ON;
   if (::setsockopt(dup.get(), IPPROTO_TCP, TCP_REPAIR, &on, sizeof on) != 0) {
     int e = errno;
-    for (auto& r : rules) (void)netfilter(nsPath, r, false);
+    guard->fixed(*repairSlot);
+    unlock(ruleSlots);
     return sysError("TCP_REPAIR on " + what, e);
   }
   // Put back unless the dump ends with the tree killed (then the rules stay for the restore and
-  // the socket, closed in repair mode, goes away without a word).
+  // the socket, closed in repair mode, goes away without a word; the guardian forgets both).
   auto shared = std::make_shared<Fd>(std::move(dup));
-  c.undo.push_back([shared, rules, nsPath] {
+  c.undo.push_back([shared, unlock, ruleSlots, guard, slot = *repairSlot] {
     int off = TCP_REPAIR_OFF;
     ::setsockopt(shared->get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
-    for (auto& r : rules) (void)netfilter(nsPath, r, false);
+    guard->fixed(slot);
+    unlock(ruleSlots);
   });
   int s = shared->get();
   int outq = 0, inq = 0;
@@ -229,7 +254,7 @@ Status dumpTcpEstablished(DumpCtx& c, pid_t pid, int fd, Fd& dup, Json& d, const
               {"timestamp", ts},
               {"window", {w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup}},
               {"lock_rules", rules}};
-  (void)fd;
+  faultPoint("tcp-repair");
   return success();
 }
 }  // namespace

@@ -452,6 +452,18 @@ Status resolveUnixSockets(DumpCtx& c) {
     if (me.rqueue == 0 && s.type != SOCK_DGRAM) continue;
     auto g = grabRemoteFd(hpid, hfd);
     if (!g.ok()) return g.error().context(what);
+    // SO_PEEK_OFF is the socket's own (the tree sees it): recorded with the guardian before it
+    // changes, and set back on every way out of this block.
+    auto guard = c.seizure->guardian();
+    CRB_ASSIGN(int peekSlot, guard->notePeekOff(hpid, hfd, s.peekOff));
+    struct PeekOffBack {
+      int fd, old, slot;
+      Guardian& guard;
+      ~PeekOffBack() {
+        ::setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+        guard.fixed(slot);
+      }
+    } peekBack{g->get(), s.peekOff, peekSlot, *guard};
     int zero = 0;
     if (::setsockopt(g->get(), SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) != 0)
       return sysError("set SO_PEEK_OFF on " + what, errno);
@@ -513,8 +525,8 @@ Status resolveUnixSockets(DumpCtx& c) {
       }
       CRB_CHECK(queues->write(buf.data(), size_t(n)));
       total += uint64_t(n);
+      faultPoint("peek");
     }
-    ::setsockopt(g->get(), SOL_SOCKET, SO_PEEK_OFF, &s.peekOff, sizeof s.peekOff);
     if (refused) continue;
     if (s.external && total) c.refuse(what + " (external) has data queued from its outside peer");
   }
