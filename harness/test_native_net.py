@@ -296,3 +296,25 @@ def test_unsent_tcp_send_queue_goes_out_without_retransmission(tmp_path):
         if conn:
             conn.close()
         lst.close()
+
+
+def test_unix_listener_peercred_names_the_listener_after_restore(tmp_path):
+    """A client connecting after the restore reads the listening process's pid in SO_PEERCRED
+    (the restore runs listen() again in it), not the restorer's (tp_unix_peercred checks it).
+    Known gap, asserted so it stays visible: a socketpair that existed at the dump names the
+    restorer, not the process that created it (docs/native-image.md, "SO_PEERCRED")."""
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_unix_peercred"), str(go)], tmp_path)
+    wait_for(log, "READY")
+    d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img")
+    assert d.returncode == 0, d.stderr
+    assert p.wait(timeout=10) == -signal.SIGKILL
+    go.touch()
+    r = cr("restore", "--images", tmp_path / "img")
+    out = log.read_text()
+    assert r.returncode == 0 and "PASS" in out, f"restore: {r.stderr}\nprogram: {out}"
+    before = out.split("PAIR-BEFORE ")[1].split()[0]
+    after = out.split("\nPAIR ")[1].split()[0]
+    assert after != before, ("a restored socketpair now names its creator: the SO_PEERCRED gap is closed, "
+                             "update docs/native-image.md and this test")
