@@ -17,7 +17,6 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 #include "core/fsutil.hpp"
 #include "engine/native/ptrace.hpp"
@@ -27,7 +26,7 @@ namespace crb::native {
 namespace {
 constexpr int kMaxProcs = 4096;
 constexpr int kMaxThreads = 16384;
-constexpr int kMaxFixes = 2048;
+constexpr int kMaxFixes = 8192;  // 3 per TCP connection, 1 per peeked socket or injected fd
 // Room for one drained message queue (shared, touched only as far as used).
 constexpr size_t kMqArea = size_t(256) << 20;
 }  // namespace

@@ -26,6 +26,7 @@
 #include <linux/sockios.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 
 #include "core/proc.hpp"
