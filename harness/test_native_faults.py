@@ -7,12 +7,13 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import crbench_bin, need_root, prog, wait_for
+from conftest import cr, crbench_bin, need_root, prog, wait_for
 from test_native_cr import kill_dumper, start
 
 
@@ -122,3 +123,65 @@ def test_dumper_killed_after_creating_a_userfaultfd_leaves_none_in_the_target(tm
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_precopy_dump_gives_tcp_back_before_the_tree_runs(tmp_path):
+    """A pre-copy dump releases the tree before it writes the image; the connections it silenced
+    must be out of repair mode and unlocked by then. tp_tcp_stream sends a numbered line every
+    millisecond to this test through the dump: every number arrives, in order, and nothing of its
+    own comes back into its receive queue (a write in repair mode goes there)."""
+    need_root()
+    from test_native_precopy import need_uffd_wp
+    need_uffd_wp(tmp_path)
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    port = lst.getsockname()[1]
+    go = tmp_path / "go"
+    p, log = start([prog("tp_tcp_stream"), str(go), str(port), "64"], tmp_path)
+    conn = None
+    try:
+        lst.settimeout(30)
+        conn, _ = lst.accept()
+        conn.settimeout(60)
+        lines, buf = [], b""
+        done = threading.Event()
+
+        def reader():
+            nonlocal buf
+            while not done.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+                *full, buf = buf.split(b"\n")
+                lines.extend(full)
+                if b"end" in full:
+                    return
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        wait_for(log, "READY")
+        d = cr("dump", "--pre-copy", "--json", "--tree", p.pid, "--images", tmp_path / "img")
+        assert d.returncode == 0, d.stderr
+        assert p.poll() is None, log.read_text()
+        time.sleep(0.2)  # lines sent after the dump, too
+        go.touch()
+        assert p.wait(timeout=30) == 0 and "PASS" in log.read_text(), log.read_text()
+        t.join(timeout=30)
+        done.set()
+        assert lines and lines[-1] == b"end", f"the stream did not end: {lines[-3:]}"
+        nums = [int(x) for x in lines[:-1]]
+        gaps = [(a, b) for a, b in zip(nums, nums[1:]) if b != a + 1]
+        assert nums[0] == 0 and not gaps, f"lines missing: {gaps[:5]} ({len(nums)} received)"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if conn:
+            conn.close()
+        lst.close()
+        remove_rules(drop_rules(port))
