@@ -131,7 +131,6 @@ Result<std::shared_ptr<LazyServer>> LazyServer::create(std::shared_ptr<PageChain
   ::close(sv[1]);
   s->keeper_.reset(sv[0]);
   s->keeperPid_ = k;
-  s->thread_ = std::thread([p = s.get()] { p->serve(); });
   return s;
 }
 
@@ -210,6 +209,9 @@ Status LazyServer::add(pid_t pid, const ProcessState& ps, Fd uffd, std::vector<s
   sendKeeper('P', pidfd.get());
   x->uffd = std::move(uffd);
   ctxs_.push_back(std::move(x));
+  // Started with the first context, not before: the restorer may still have to setns() into a
+  // mount namespace, which a multithreaded process cannot.
+  if (!thread_.joinable()) thread_ = std::thread([this] { serve(); });
   uint64_t one = 1;
   (void)!::write(wake_.get(), &one, sizeof one);
   return success();
@@ -359,6 +361,7 @@ Status LazyServer::handle(Ctx& x) {
 }
 
 Status LazyServer::pushSome() {
+  faultPoint("lazy-push");  // tests: the page server dies mid-restore
   uint64_t budget = kPushBudget;
   for (size_t k = 0; k < ctxs_.size() && budget; k++) {
     Ctx& x = *ctxs_[k];
@@ -468,6 +471,7 @@ void LazyServer::serve() {
 }
 
 Result<Json> LazyServer::finish() {
+  if (!thread_.joinable()) done_ = true;  // no lazy mapping at all
   {
     std::unique_lock lk(mu_);
     pushStart_ = Clock::now();

@@ -48,7 +48,7 @@ Result<std::vector<std::pair<uint64_t, uint64_t>>> lazyRegister(RestoreCtx& c, c
 
 class LazyServer {
  public:
-  // Forks the keeper (no userfaultfd exists yet) and starts the server thread (faults only).
+  // Forks the keeper (no userfaultfd exists yet); the server thread starts with the first add().
   static Result<std::shared_ptr<LazyServer>> create(std::shared_ptr<PageChain> chain);
   ~LazyServer();
   Status add(pid_t pid, const ProcessState& ps, Fd uffd, std::vector<std::pair<uint64_t, uint64_t>> ranges);
