@@ -36,6 +36,9 @@ constexpr int kKeeperMaxFds = 4096;
 // The keeper: forked from crbench (perhaps multithreaded), so only system calls from here on.
 [[noreturn]] void keeperMain(int sock) {
   ::setsid();  // a terminal's ^C to crbench's process group must not take the keeper along
+  // Nor does it keep crbench's stdout/stderr open (whoever reads them would wait for it).
+  int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  for (int fd = 0; fd < 3 && null >= 0; fd++) ::dup2(null, fd);
   if (sock > 3) ::syscall(SYS_close_range, 3u, unsigned(sock - 1), 0u);
   ::syscall(SYS_close_range, unsigned(sock + 1), ~0u, 0u);
   static int pidfds[kKeeperMaxFds];
@@ -472,6 +475,10 @@ void LazyServer::serve() {
 
 Result<Json> LazyServer::finish() {
   if (!thread_.joinable()) done_ = true;  // no lazy mapping at all
+  // Tests: CRBENCH_LAZY_PUSH_DELAY_MS holds the background push back (faults are still served),
+  // so what the tree does first happens while its memory is missing, whatever the machine's speed.
+  if (const char* d = ::getenv("CRBENCH_LAZY_PUSH_DELAY_MS"))
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::atol(d)));
   {
     std::unique_lock lk(mu_);
     pushStart_ = Clock::now();
