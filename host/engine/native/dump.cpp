@@ -11,6 +11,7 @@
 
 #include "engine/native/internal.hpp"
 #include "engine/native/capture.hpp"
+#include "engine/native/incremental.hpp"
 #include "engine/native/procfs.hpp"
 
 namespace crb::native {
@@ -106,6 +107,14 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
       if (raised) ::setpriority(PRIO_PROCESS, id_t(::syscall(SYS_gettid)), before);
     }
   } priority;
+  if (!opts.parent.empty()) {
+    if (opts.capture) return makeError("an incremental dump (--parent) cannot be pre-copy or cow yet");
+    // Before anything is frozen: the parent chain is checked and its page hashes loaded.
+    auto idx = loadParentIndex(opts.parent, dir);
+    if (!idx.ok()) return idx.error().context("--parent " + opts.parent.string());
+    c.parent = *idx;
+    c.stats.phasesMs["parent_index"] = c.parent->loadMs;
+  }
   auto t0 = Clock::now();
   if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
   std::function<Status()> thaw = opts.thaw;
@@ -201,12 +210,16 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpShmemObjects(c));
   lap("pipes_files_shmem");
   for (auto& ps : c.tree.procs)
-    if (!ps.zombie) CRB_CHECK(opts.capture ? opts.capture->frozen(c, ps.pid, ps) : dumpMemoryPages(c, ps.pid, ps));
+    if (!ps.zombie)
+      CRB_CHECK(opts.capture  ? opts.capture->frozen(c, ps.pid, ps)
+                : c.parent    ? dumpIncrementalPages(c, ps.pid, ps)  // incremental.cpp
+                              : dumpMemoryPages(c, ps.pid, ps));
   lap(opts.capture ? "final_pages" : "pages");
   c.stats.phasesMs["memdump"] = msSince(t2);
   if (opts.capture) {
-    // Everything is captured: the tree runs again before a byte of the image is written. What the
-    // dump changed in the tree's kernel objects (TCP repair) is put back first.
+    // Everything is captured: the tree runs again before a byte of the image is written, its
+    // TCP connections out of repair mode first (a send in repair mode would go to its own
+    // receive queue) and their netfilter rules gone.
     c.runUndo();
     lap("undo");
     seizure.release();
@@ -250,6 +263,8 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
            {"leave_running", opts.leaveRunning},
            {"created_unix", ::time(nullptr)}};
   for (auto& ps : c.tree.procs) inv["pids"].push_back(ps.pid);
+  inv["uuid"] = newImageUuid();  // what an incremental child names its parent by
+  if (c.parent) incrementalInventory(c, inv);
   CRB_CHECK(writeJsonImage(dir, "inventory.img", inv, opts.sync));
   c.stats.phasesMs["write"] = msSince(t3);
   if (opts.capture) {

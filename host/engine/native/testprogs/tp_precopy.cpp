@@ -3,12 +3,15 @@
 // process. A page copied in an early round and dirtied later but not copied again, or a table
 // from another moment than the pages, shows as a mismatch of some byte.
 //
-//   tp_precopy GO-FILE [SIZE-MIB [RATE-MIB-S [private|shared|memfd|memfd-open]]]
+//   tp_precopy GO-FILE [SIZE-MIB [RATE-MIB-S [private|shared|memfd|memfd-open|fork]]]
 // Prints READY once every page is written, keeps rewriting pages in order at RATE; when GO-FILE
 // appears it checks every byte of every page (PASS/FAIL), rewrites for another 200 ms, checks
 // again and exits. `shared` / `memfd`: the pages and the generation table are shared memory
-// (shared anonymous / a memfd, closed after mmap or kept open) and a forked child rewrites the odd pages while the parent rewrites
-// the even ones, so writes through two processes' mappings of one object must all be caught.
+// (shared anonymous / a memfd, closed after mmap or kept open) and a forked child rewrites the
+// odd pages while the parent rewrites the even ones, so writes through two processes' mappings of
+// one object must all be caught. With `fork` (lazy restore: memory still being served) it first
+// forks a child that checks every byte itself, and discards one page (MADV_DONTNEED), which must
+// read as zeros.
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tp.hpp"
@@ -130,6 +134,22 @@ int main(int argc, char** argv) {
     first = 0;
     stride = 1;
     rate *= 2;
+  }
+  if (argc > 4 && std::string_view(argv[4]) == "fork") {
+    uint64_t* last = mem + (pages - 1) * kWords;
+    madvise(last, 4096, MADV_DONTNEED);
+    bool zero = true;
+    for (size_t w = 0; w < kWords; w++) zero = zero && last[w] == 0;
+    tp::check(zero, "a page discarded with MADV_DONTNEED does not read as zeros");
+    fill(last, pages - 1, gen[pages - 1]);
+    pid_t ch = fork();
+    if (ch == 0) {
+      check("in a child forked after restore");
+      _exit(tp::failures ? 1 : 0);
+    }
+    int st = 0;
+    waitpid(ch, &st, 0);
+    tp::check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child forked after restore found wrong pages");
   }
   check("after restore");
   double until = now() + 0.2;
