@@ -21,6 +21,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <linux/sockios.h>
@@ -199,8 +200,17 @@ Status dumpTcpEstablished(DumpCtx& c, pid_t pid, int fd, Fd& dup, Json& d, const
   };
   for (size_t i = 0; i < rules.size(); i++) {
     auto slot = guard->noteCommand(pid, netfilterArgv(nsPath, rules[i], false));
-    Status st = slot.ok() ? netfilter(nsPath, rules[i], true) : Status(slot.error());
-    if (slot.ok()) ruleSlots.push_back(*slot);
+    Status st = slot.ok() ? success() : Status(slot.error());
+    if (slot.ok()) {
+      ruleSlots.push_back(*slot);
+      auto insert = netfilterArgv(nsPath, rules[i], true);
+      auto ran = guard->runCommand(insert);
+      if (!ran.ok())
+        st = ran.error();
+      else if (!WIFEXITED(*ran) || WEXITSTATUS(*ran) != 0)
+        st = makeError(fmt::format("{}: failed (status {:#x}; its message is above)", joinArgs(insert), *ran),
+                       "the native engine keeps TCP connections quiet with iptables (package iptables)");
+    }
     if (!st.ok()) {
       // The failed rule is not there: its -D would fail harmlessly; the slot goes with the others.
       unlock(ruleSlots);

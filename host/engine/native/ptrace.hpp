@@ -62,7 +62,9 @@ Status readMem(pid_t pid, uint64_t addr, void* data, size_t len);
 // cgroup is frozen, before the thaw; tcp-lock: a TCP connection's DROP rules are in, not yet in
 // repair mode; tcp-repair: in repair mode, its queues read; peek: a unix socket's queue partly
 // peeked with SO_PEEK_OFF 0; mq-drain: the guardian is draining a POSIX message queue (held
-// drained for 300 ms); uffd: a userfaultfd created in the target, not yet closed there).
+// drained for 300 ms); uffd: a userfaultfd created in the target, not yet closed there;
+// guardian-command: the dumper asked the guardian to run a command (iptables -I) whose undo is
+// recorded).
 // Unset: nothing happens.
 void faultPoint(const char* point);
 
