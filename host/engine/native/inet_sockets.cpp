@@ -481,13 +481,21 @@ Result<int> openInetSocket(RestoreCtx& c, const FileDesc& f) {
 // Before the restored tree runs: TCP connections leave repair mode (their packets are still
 // dropped until unlockTcp; the kernel retransmits what the peer missed).
 Status finishInetSockets(RestoreCtx& c) {
+  auto established = [&](const FileDesc& f) {
+    return f.kind == "inet" && f.detail.value("state", "") == "established" && c.fileFds.count(f.id);
+  };
+  // Every connection leaves repair mode before any sends: the other end of one in the tree must
+  // not get data while it is still being repaired.
   for (auto& f : c.tree.files) {
-    if (f.kind != "inet" || f.detail.value("state", "") != "established" || !c.fileFds.count(f.id)) continue;
+    if (!established(f)) continue;
+    int off = TCP_REPAIR_OFF;
+    if (::setsockopt(c.fileFds[f.id], IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) != 0)
+      return sysError("leave TCP repair mode on TCP socket " + sockaddrText(f.detail["local"]), errno);
+  }
+  for (auto& f : c.tree.files) {
+    if (!established(f)) continue;
     int s = c.fileFds[f.id];
     std::string what = "TCP socket " + sockaddrText(f.detail["local"]);
-    int off = TCP_REPAIR_OFF;
-    if (::setsockopt(s, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) != 0)
-      return sysError("leave TCP repair mode on " + what, errno);
     // The unsent tail of the send queue, queued ahead of anything the program writes next. A
     // connection to an outside peer is still behind its DROP rules: the transmission fails and the
     // data waits in the queue until unlockTcp pushes it.
