@@ -24,6 +24,8 @@
 #include "engine/native/internal.hpp"
 #include "engine/native/capture.hpp"
 #include "engine/native/procfs.hpp"
+#include "engine/native/incremental.hpp"
+#include "engine/native/lazy.hpp"
 
 namespace crb::native {
 
@@ -495,6 +497,17 @@ Status restoreMemory(RestoreCtx& c, const ProcessState& ps, RawImageReader& page
   // 4. Contents, streamed from pages-<pid>.img in the order they were dumped.
   Fd mem(::open(fmt::format("/proc/{}/mem", ps.pid).c_str(), O_RDWR | O_CLOEXEC));
   if (!mem.valid()) return sysError(fmt::format("open /proc/{}/mem", ps.pid), errno);
+  if (c.chain) {
+    // From a chain of incremental images (incremental.cpp); with lazy restore (lazy.cpp) the
+    // private anonymous mappings are registered with the page server instead of filled.
+    std::vector<std::pair<uint64_t, uint64_t>> lazy;
+    if (c.lazy) {
+      CRB_ASSIGN(lazy, lazyRegister(c, ps));
+    }
+    CRB_ASSIGN(uint64_t n, c.chain->restorePages(ps, mem.get(), lazy));
+    c.result.pagesRestored += n;
+    return success();
+  }
   std::vector<char> buf(8 << 20);
   for (auto& v : ps.vmas)
     for (auto& r : v.pages) {

@@ -48,6 +48,8 @@ struct DumpOptions {
   // A cgroup v1 freezer directory holding the tree (`crbench cr dump --freeze-cgroup`): frozen
   // while every thread is seized, as a container's is (ignored when `thaw` is set).
   std::string freezeCgroup;
+  // Incremental dump (incremental.hpp): store only the pages that differ from this image's.
+  std::filesystem::path parent;
 };
 
 struct DumpStats {
@@ -78,17 +80,24 @@ struct RestoreOptions {
   // Namespace fds the restorer setns()es into after opening the image's files and before creating
   // the tree (set by the joinNamespacesOf helper; the tree then sees paths without rootPrefix).
   std::vector<int> setnsBeforeTree;
+  // Lazy restore (lazy.hpp): private anonymous memory is served on demand by a page server.
+  bool lazy = false;
+  // Called once the tree runs (lazy: before all pages are in); restoreTree returns when they are.
+  std::function<void()> onResumed;
 };
 
 struct RestoreResult {
   pid_t rootPid = -1;  // in crbench's pid namespace
   std::map<std::string, double> phasesMs;
   uint64_t processes = 0, threads = 0, pagesRestored = 0;
+  Json lazy;  // lazy restore's figures (lazy.hpp)
 };
 
 Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const RestoreOptions& opts);
 
 // What an image holds, for `crbench cr show` (verifies every file's checksum on the way).
 Result<Json> describeImage(const std::filesystem::path& dir);
+// `crbench cr flatten`: a self-contained copy of an incremental image's chain (incremental.hpp).
+Result<Json> flattenImage(const std::filesystem::path& src, const std::filesystem::path& out, bool sync);
 
 }  // namespace crb::native
