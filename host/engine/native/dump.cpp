@@ -188,7 +188,10 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
                               : dumpMemoryPages(c, ps.pid, ps));
   c.stats.phasesMs["memdump"] = msSince(t2);
   if (opts.capture) {
-    // Everything is captured: the tree runs again before a byte of the image is written.
+    // Everything is captured: the tree runs again before a byte of the image is written, its
+    // TCP connections out of repair mode first (a send in repair mode would go to its own
+    // receive queue) and their netfilter rules gone.
+    c.runUndo();
     seizure.release();
     c.stats.frozenMs = msSince(t0);
     // The holder of the prober's agent (container) lets it go on "resumed": before the trackers

@@ -189,6 +189,9 @@ Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after r
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
 Status resolveUnixSockets(DumpCtx& c);
 Status createUnixSockets(RestoreCtx& c);
+// unix_sockets.cpp: a second listen() in the restored process that had called listen(), with its
+// restored credentials, so clients connecting after the restore read its SO_PEERCRED.
+Status restoreListenerCreds(RestoreCtx& c, const ProcessState& ps);
 void resetLocalSockets(const DumpCtx& c);  // first thing of dumpFiles
 // posix_mq.cpp: an mq_open() descriptor (false: not one), and the queues' restore (after setns).
 bool dumpPosixMqFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& link, const std::string& what);

@@ -285,6 +285,8 @@ Status Restorer::run() {
     if (!ps.zombie) CRB_CHECK(restoreSignalQueues(c_, ps));
   for (auto& ps : c_.tree.procs)
     if (!ps.zombie) CRB_CHECK(restoreCreds(c_, ps));
+  for (auto& ps : c_.tree.procs)
+    if (!ps.zombie) CRB_CHECK(restoreListenerCreds(c_, ps));
   for (auto& ps : c_.tree.procs) {
     if (ps.zombie) continue;
     auto inj = c_.inj(ps.pid);
