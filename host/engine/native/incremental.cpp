@@ -312,7 +312,14 @@ Result<uint64_t> PageChain::restorePages(const ProcessState& ps, int memFd,
     if (!r.ok()) return r.error().context("image " + levels_[size_t(l)].shownPath.string());
     uint64_t pos = 0;
     for (auto& s : mine) {
-      CRB_CHECK(r->skip((s.filePage - pos) * kPage));
+      // Pages between two segments (stored here, newer elsewhere) are read for the checksum only;
+      // through our buffer: RawImageReader::skip allocates one per call, and there may be
+      // thousands of small gaps.
+      for (uint64_t gap = (s.filePage - pos) * kPage; gap;) {
+        uint64_t n = std::min<uint64_t>(gap, buf.size());
+        CRB_CHECK(r->read(buf.data(), n));
+        gap -= n;
+      }
       bool lazy = false;
       for (auto [a, b] : skip) lazy = lazy || (s.addr >= a && s.addr < b);
       for (uint64_t done = 0; done < s.pages;) {
