@@ -24,9 +24,13 @@ def kill_leftovers():
     yield
     while _started:
         p = _started.pop()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # its own session: a forked writer (shared kinds) goes too
+        except ProcessLookupError:
+            pass
         if p.poll() is None:
             p.kill()
-            p.wait()
+        p.wait()
 
 
 def start(argv, tmp_path):
