@@ -156,6 +156,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   for (auto& ps : c.tree.procs)
     if (!ps.zombie) CRB_CHECK(dumpMemoryLayout(c, ps.pid, ps));
   CRB_CHECK(dumpSysvIpc(c));
+  if (opts.namespaceRoot) CRB_CHECK(dumpNamespaceContents(c, root));  // namespaces.cpp
   c.stats.phasesMs["state"] = msSince(t1);
   if (!c.unsupported.empty()) {
     std::string all;

@@ -48,6 +48,14 @@ struct DumpOptions {
   // A cgroup v1 freezer directory holding the tree (`crbench cr dump --freeze-cgroup`): frozen
   // while every thread is seized, as a container's is (ignored when `thaw` is set).
   std::string freezeCgroup;
+  // The root is the init of the tree's pid namespace (a whole container): the contents of its
+  // mount, uts and net namespaces are recorded too, so that a restore can recreate them
+  // (RestoreOptions::freshNamespaces). A mount that cannot be made again is refused.
+  bool namespaceRoot = false;
+  // Datagrams queued on UDP sockets are dropped (their byte count kept in the image) instead of
+  // refused: UDP may lose them. For a whole container, whose agent queues the prober's pings
+  // while frozen; the prober counts them lost.
+  bool dropUdpQueues = false;
 };
 
 struct DumpStats {
@@ -78,6 +86,20 @@ struct RestoreOptions {
   // Namespace fds the restorer setns()es into after opening the image's files and before creating
   // the tree (set by the joinNamespacesOf helper; the tree then sees paths without rootPrefix).
   std::vector<int> setnsBeforeTree;
+  // Restore a whole container (dumped with DumpOptions::namespaceRoot) into new pid, mount, IPC
+  // and UTS namespaces: the root is its pid namespace's init again (pid 1), the others keep their
+  // pids; the mounts are made again on `rootfsDir` (the container's root file system, "" = the
+  // one recorded) and the process pivots into it. The network namespace is joined from
+  // `freshNetnsFd` (one a runtime holds) or, if -1, a new one with only loopback (refused if the
+  // dumped one had other interfaces). joinCgroups are entered first. rootPid is a host pid.
+  bool freshNamespaces = false;
+  std::string rootfsDir;
+  int freshNetnsFd = -1;
+  // Internal to the fresh-namespace restore: the root already exists (made by the helper with the
+  // mounts in place): seize this pid instead of cloning it; the time namespace is made already.
+  pid_t seizeRoot = 0;
+  bool timeNamespaceReady = false;
+  uint64_t bootReady = 0;  // the bootstrap page, mapped before the root was cloned
 };
 
 struct RestoreResult {
