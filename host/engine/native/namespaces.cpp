@@ -358,10 +358,23 @@ Status dumpNamespaceContents(DumpCtx& c, pid_t root) {
     for (auto& [n, j] : byName) img["interfaces"].push_back(j);
     return success();
   }));
-  img["net_ns"] = readLink(fmt::format("/proc/{}/ns/net", root)).valueOr("");
-  for (const char* n : {"pid", "mnt", "net", "ipc", "uts"})
-    img["dumped_ns"][n] = readLink(fmt::format("/proc/{}/ns/{}", root, n)).valueOr("");
+  img["dumped_ns"] = describeNamespaces(root);
   return writeJsonImage(c.dir, kNsContentImage, img, c.opts.sync);
+}
+
+Json describeNamespaces(pid_t pid) {
+  Json j = Json::object();
+  for (const char* n : {"pid", "mnt", "net", "ipc", "uts", "time"}) {
+    std::string path = fmt::format("/proc/{}/ns/{}", pid, n);
+    Json e{{"inode", readLink(path).valueOr("")}};
+    // NS_GET_ID (Linux 6.18): a 64-bit id never given to another namespace, unlike the inode
+    // number, which a namespace created after the old one died may get again.
+    Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    uint64_t id = 0;
+    if (f.valid() && ::ioctl(f.get(), _IOR(0xb7, 0xd, uint64_t), &id) == 0) e["id"] = id;
+    j[n] = e;
+  }
+  return j;
 }
 
 // ---- restore: built by the parent, run by the new root before anything else (system calls only)

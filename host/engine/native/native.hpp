@@ -110,6 +110,10 @@ struct RestoreResult {
 
 Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const RestoreOptions& opts);
 
+// The namespaces a process is in: {pid|mnt|net|ipc|uts|time: {inode: "mnt:[...]", id: NS_GET_ID}}
+// (id only where the kernel has NS_GET_ID).
+Json describeNamespaces(pid_t pid);
+
 // What an image holds, for `crbench cr show` (verifies every file's checksum on the way).
 Result<Json> describeImage(const std::filesystem::path& dir);
 

@@ -349,12 +349,6 @@ class NativeEngine : public Engine {
     }
     return false;
   }
-  static Json namespaceIds(pid_t pid) {
-    Json j = Json::object();
-    for (const char* n : {"pid", "mnt", "net", "ipc", "uts"})
-      j[n] = native::readLink(fmt::format("/proc/{}/ns/{}", pid, n)).valueOr("");
-    return j;
-  }
   Result<PhaseReport> checkpointWholeContainer(ContainerSandbox& c, const CheckpointContext& ctx) {
     if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning)
       return makeError("native engine: fresh_ns works with stop-and-copy and leave-running only", "",
@@ -373,7 +367,9 @@ class NativeEngine : public Engine {
     o.mark = [&](const std::string& e) {
       if (e == "frozen" || leave) ctx.mark(e);
     };
-    Json before = namespaceIds(agent);
+    Json before = native::describeNamespaces(agent);
+    Json pidsInNs = Json::array();
+    for (pid_t p : c.pids().valueOr({})) pidsInNs.push_back(innermostPid(p));
     // The agent closes a control connection a moment after crbench did: until then it is in
     // CLOSE_WAIT, which the dump refuses. Wait (bounded) for the agent's side to close.
     auto settle = Clock::now() + std::chrono::seconds(2);
@@ -394,6 +390,7 @@ class NativeEngine : public Engine {
     rep.engineFigures["checkpointed"] = "whole container";
     rep.engineFigures["workload_root_pid"] = 1;
     rep.engineFigures["namespaces"] = before;
+    rep.engineFigures["pids_in_namespace"] = pidsInNs;
     rep.notes.push_back("checkpointed the whole container from its init (the agent) for a restore into fresh "
                         "namespaces");
     return rep;
@@ -432,7 +429,7 @@ class NativeEngine : public Engine {
                          {"pages_restored", r->pagesRestored},
                          {"restored_root_pid", 1},
                          {"restored_init_host_pid", r->rootPid},
-                         {"namespaces", namespaceIds(r->rootPid)},
+                         {"namespaces", native::describeNamespaces(r->rootPid)},
                          {"pids_in_namespace", pidsInNs},
                          {"restored_into", "new pid/mnt/ipc/uts namespaces (mounts, host name recreated); the "
                                            "runtime's network namespace joined again"}};
