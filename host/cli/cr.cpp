@@ -27,6 +27,9 @@ struct CrOptions {
   bool preCopy = false;
   bool cow = false;
   native::PreCopyOptions pc;
+  std::string parent;   // dump --parent
+  bool lazy = false;    // restore --lazy
+  std::string flattenOut;
 };
 
 void printPhases(const std::map<std::string, double>& ph) {
@@ -64,7 +67,13 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       ->check(CLI::Range(0, 1000));
   dump->add_option("--max-seconds", o->pc.maxSeconds, "pre-copy: at most this long for all rounds")
       ->check(CLI::Range(0.0, 86400.0));
+  dump->add_option("--parent", o->parent,
+                   "incremental dump: store only the pages that differ from this image's (a full or incremental "
+                   "image; the new image refers to it by relative path and uuid, so keep the chain together)");
   auto* restore = app.add_subcommand("restore", "restore a process tree from an image directory");
+  restore->add_flag("--lazy", o->lazy,
+                    "lazy restore: the tree runs before its private anonymous memory is in; crbench serves missing "
+                    "pages on demand (userfaultfd) and pushes the rest, returning when all are in");
   restore->add_option("--images,-D", o->images, "image directory")->required();
   restore->add_flag("--detach,-d", o->detach,
                     "return once restored (the tree is reparented when crbench exits); default: wait for the "
@@ -73,8 +82,23 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
   auto* show = app.add_subcommand("show", "describe an image (verifies every checksum)");
   show->add_option("images", o->images, "image directory")->required();
   show->add_flag("--json", o->json, "machine-readable output");
+  auto* flatten = app.add_subcommand("flatten", "write a self-contained copy of an incremental image's chain");
+  flatten->add_option("images", o->images, "image directory (the newest of a chain)")->required();
+  flatten->add_option("out", o->flattenOut, "new image directory (created if missing, must be empty)")->required();
+  flatten->add_flag("--no-sync", o->noSync, "do not fdatasync image files");
+  flatten->add_flag("--json", o->json, "print figures as JSON");
 
-  return [o, dump, restore, show]() -> int {
+  return [o, dump, restore, show, flatten]() -> int {
+    if (flatten->parsed()) {
+      auto r = native::flattenImage(o->images, o->flattenOut, !o->noSync);
+      if (!r.ok()) return reportError(r.error());
+      if (o->json)
+        std::printf("%s\n", r->dump(2).c_str());
+      else
+        std::printf("flattened a chain of %d images into %s: %llu pages\n", (*r)["levels"].get<int>(),
+                    o->flattenOut.c_str(), (*r)["pages"].get<unsigned long long>());
+      return 0;
+    }
     if (dump->parsed()) {
       auto mk = makeDirs(o->images, 0700);
       if (!mk.ok()) return reportError(mk.error());
@@ -83,6 +107,7 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       opts.sync = !o->noSync;
       opts.freezeCgroup = o->freezeCgroup;
       opts.external = o->external;
+      opts.parent = o->parent;
       std::unique_ptr<native::PreCopySession> session;
       std::unique_ptr<native::CowSession> cow;
       if (o->preCopy && o->cow) return reportError(makeError("--pre-copy and --cow exclude each other"));
@@ -117,11 +142,14 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
     if (restore->parsed()) {
       native::RestoreOptions opts;
       opts.detach = o->detach;
+      opts.lazy = o->lazy;
+      if (o->lazy)
+        opts.onResumed = [] { std::fprintf(stderr, "restored tree running; serving the rest of its memory\n"); };
       auto r = native::restoreTree(o->images, opts);
       if (!r.ok()) return reportError(r.error());
       if (o->json) {
         std::printf("%s\n", Json{{"root_pid", r->rootPid}, {"processes", r->processes}, {"threads", r->threads},
-                                 {"pages", r->pagesRestored}, {"phases_ms", r->phasesMs}}
+                                 {"pages", r->pagesRestored}, {"phases_ms", r->phasesMs}, {"lazy", r->lazy}}
                                 .dump(2)
                                 .c_str());
       } else {
@@ -129,6 +157,7 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
                      (unsigned long long)r->processes, (unsigned long long)r->threads,
                      (unsigned long long)r->pagesRestored, r->rootPid);
         printPhases(r->phasesMs);
+        if (o->lazy) std::fprintf(stderr, "lazy: %s\n", r->lazy.dump().c_str());
       }
       std::fflush(stdout);
       if (o->detach) return 0;
@@ -167,10 +196,20 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
     for (auto& s : j["shared_memory"])
       std::printf("  shared memory %s: %llu bytes\n", s["name"].get<std::string>().c_str(),
                   s["size"].get<unsigned long long>());
+    if (j.contains("chain")) {
+      std::printf("  incremental: chain of %zu images (newest first)\n", j["chain"].size());
+      for (auto& l : j["chain"])
+        std::printf("    %s uuid %s%s\n", l["path"].get<std::string>().c_str(), l["uuid"].get<std::string>().c_str(),
+                    l["incremental"].get<bool>() ? (" (incremental, " + l.value("method", "") + ")").c_str() : " (full)");
+      for (auto& p : j["processes"])
+        if (p.contains("stored_pages"))
+          std::printf("    pid %d: %llu of %llu pages stored in this image\n", p["pid"].get<int>(),
+                      p["stored_pages"].get<unsigned long long>(), p["pages"].get<unsigned long long>());
+    }
     std::printf("  all checksums verified\n");
     return 0;
   };
 }
 }  // namespace
-CRB_REGISTER_COMMAND(cr, "cr", "native checkpoint/restore of a process tree: dump, restore, show", setupCr);
+CRB_REGISTER_COMMAND(cr, "cr", "native checkpoint/restore of a process tree: dump, restore, show, flatten", setupCr);
 }  // namespace crb

@@ -25,27 +25,37 @@ Result<Fd> injectUserfaultfd(Seizure& s, pid_t pid, bool allowUserModeOnly, bool
   auto inj = s.injector(pid, pid);
   long remote = -1;
   std::string why;
+  // Recorded first: if crbench dies before the close below, the guardian closes it (guardian.hpp).
+  auto guard = s.guardian();
+  int slot = -1;
+  if (guard) {
+    CRB_ASSIGN(slot, guard->noteRemoteFd(pid, SYS_userfaultfd));
+  }
   for (unsigned extra : {0u, kUffdUserModeOnly}) {
     if (extra && !allowUserModeOnly) break;
     CRB_ASSIGN(long r, inj.call(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | extra));
     s.noteStray(inj);
     if (r >= 0) {
+      if (guard) guard->noteRemoteFdNumber(slot, int(r));
       remote = r;
       if (userModeOnly) *userModeOnly = extra != 0;
       break;
     }
     why = std::strerror(int(-r));
   }
+  if (remote < 0 && guard) guard->fixed(slot);
   if (remote < 0)
     return makeError(fmt::format("userfaultfd() in pid {} failed: {}", pid, why),
                      allowUserModeOnly ? "dirty tracking needs CONFIG_USERFAULTFD"
                                        : "needs CONFIG_USERFAULTFD and CAP_SYS_PTRACE in the tree (or "
                                          "vm.unprivileged_userfaultfd=1)");
+  faultPoint("uffd");
   auto local = grabRemoteFd(pid, int(remote));
   // Whatever happened, the target must not keep the descriptor: crbench's copy is the only one,
   // so the context (and every protection) dies with crbench.
   auto closed = inj.call(SYS_close, uint64_t(remote));
   s.noteStray(inj);
+  if (guard && closed.ok()) guard->fixed(slot);
   if (!local.ok()) return local.error().context(fmt::format("take the userfaultfd of pid {}", pid));
   if (!closed.ok()) return closed.error().context("close the userfaultfd in the target");
   if (::fcntl(local->get(), F_SETFD, FD_CLOEXEC) != 0) return sysError("FD_CLOEXEC on a userfaultfd", errno);

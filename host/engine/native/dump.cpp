@@ -11,6 +11,7 @@
 
 #include "engine/native/internal.hpp"
 #include "engine/native/capture.hpp"
+#include "engine/native/incremental.hpp"
 #include "engine/native/procfs.hpp"
 
 namespace crb::native {
@@ -90,6 +91,14 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
     DumpCtx& c;
     ~UndoGuard() { c.runUndo(); }
   } undoGuard{c};
+  if (!opts.parent.empty()) {
+    if (opts.capture) return makeError("an incremental dump (--parent) cannot be pre-copy or cow yet");
+    // Before anything is frozen: the parent chain is checked and its page hashes loaded.
+    auto idx = loadParentIndex(opts.parent, dir);
+    if (!idx.ok()) return idx.error().context("--parent " + opts.parent.string());
+    c.parent = *idx;
+    c.stats.phasesMs["parent_index"] = c.parent->loadMs;
+  }
   auto t0 = Clock::now();
   if (opts.guardian) CRB_CHECK(seizure.useGuardian(opts.guardian));
   std::function<Status()> thaw = opts.thaw;
@@ -173,10 +182,16 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(dumpFileContents(c));
   CRB_CHECK(dumpShmemObjects(c));
   for (auto& ps : c.tree.procs)
-    if (!ps.zombie) CRB_CHECK(opts.capture ? opts.capture->frozen(c, ps.pid, ps) : dumpMemoryPages(c, ps.pid, ps));
+    if (!ps.zombie)
+      CRB_CHECK(opts.capture  ? opts.capture->frozen(c, ps.pid, ps)
+                : c.parent    ? dumpIncrementalPages(c, ps.pid, ps)  // incremental.cpp
+                              : dumpMemoryPages(c, ps.pid, ps));
   c.stats.phasesMs["memdump"] = msSince(t2);
   if (opts.capture) {
-    // Everything is captured: the tree runs again before a byte of the image is written.
+    // Everything is captured: the tree runs again before a byte of the image is written, its
+    // TCP connections out of repair mode first (a send in repair mode would go to its own
+    // receive queue) and their netfilter rules gone.
+    c.runUndo();
     seizure.release();
     c.stats.frozenMs = msSince(t0);
     // The holder of the prober's agent (container) lets it go on "resumed": before the trackers
@@ -214,6 +229,8 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
            {"leave_running", opts.leaveRunning},
            {"created_unix", ::time(nullptr)}};
   for (auto& ps : c.tree.procs) inv["pids"].push_back(ps.pid);
+  inv["uuid"] = newImageUuid();  // what an incremental child names its parent by
+  if (c.parent) incrementalInventory(c, inv);
   CRB_CHECK(writeJsonImage(dir, "inventory.img", inv, opts.sync));
   c.stats.phasesMs["write"] = msSince(t3);
   if (opts.capture) {

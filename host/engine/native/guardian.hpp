@@ -18,6 +18,21 @@
 // the group stop with SIGCONT. The workload never runs a user instruction with the dumper's
 // registers.
 //
+// The dump also changes kernel objects of the tree, each recorded the same way before the change
+// and put back by the guardian (before the thaw and the end of the group stops, so the tree never
+// runs with them): a TCP connection in repair mode (TCP_REPAIR off again through a pidfd_getfd
+// copy), the netfilter DROP rules that silence it (the recorded `iptables -D` run in the socket's
+// network namespace), SO_PEEK_OFF of a unix socket whose queue is peeked (its old value set
+// back), and a descriptor created in the tree by an injected system call (the userfaultfd of
+// dirty tracking: closed again by an injected close, its number read from the thread's
+// registers if the dumper died right after the call returned).
+//
+// A POSIX message queue cannot be read without taking its messages out, and a dumper killed
+// between taking and putting back would lose them (even a SIGKILL sent during mq_timedreceive
+// lets the call complete and drops its result). So the guardian itself drains and refills the
+// queue on the dumper's request (readMessageQueue), into memory shared with the dumper: a dumper
+// that dies meanwhile leaves the guardian to finish the refill before anything else.
+//
 // The guardian runs between fork and _exit only system calls (it may be forked from a
 // multi-threaded crbench), so its record is fixed-size plain data.
 #include <sys/types.h>
@@ -27,6 +42,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/result.hpp"
 
@@ -49,6 +66,16 @@ struct GuardProc {
 
 constexpr uint32_t kGuardRegs = 1, kGuardMask = 2;
 constexpr uint32_t kGuardStopped = 1, kGuardMapping = 2;
+
+// A kernel object of the tree the dump changed (kind 0: nothing to put back).
+struct GuardFix {
+  uint32_t kind;
+  int32_t pid, fd;  // the process holding the object, and its descriptor there
+  int32_t value;    // kFixPeekOff: the old offset; kFixRemoteFd: the syscall number (fd: -1 until known)
+  char argv[1024];  // kFixCommand: NUL-separated argv, argv[0] absolute, an empty string ends it
+};
+
+constexpr uint32_t kFixTcpRepair = 1, kFixPeekOff = 2, kFixCommand = 3, kFixRemoteFd = 4;
 
 struct GuardRecord;
 
@@ -73,13 +100,28 @@ class Guardian {
   void noteRestored(pid_t tid);  // registers and mask are back
   void forget(pid_t pid);        // the process is gone (killed): nothing to put back
 
+  // Kernel objects changed in the tree (see above). Each returns a slot; fixed(slot) once undone.
+  Result<int> noteTcpRepair(pid_t pid, int fd);
+  Result<int> notePeekOff(pid_t pid, int fd, int old);
+  // A command that undoes a change (argv[0] looked up in PATH now), run if the dumper dies.
+  Result<int> noteCommand(pid_t pid, const std::vector<std::string>& argv);
+  Result<int> noteRemoteFd(pid_t pid, long syscallNr);  // before injecting a syscall that creates an fd
+  void noteRemoteFdNumber(int slot, int fd);             // what it returned
+  void fixed(int slot);
+  // The messages of the POSIX message queue at fd `fd` of `pid`, in the order they come out
+  // (priority, then age), taken out and put back by the guardian (see above). `pauseMs`: the
+  // guardian waits that long with the queue drained (fault tests only).
+  Result<std::vector<std::pair<unsigned, std::string>>> readMessageQueue(pid_t pid, int fd, int pauseMs = 0);
+
  private:
   Guardian() = default;
   Result<GuardProc*> proc(pid_t pid);
   Result<GuardThread*> thread(pid_t pid, pid_t tid);
+  Result<int> fix(const GuardFix& f);
   GuardRecord* rec_ = nullptr;
+  char* mqArea_ = nullptr;  // messages the guardian drained (shared)
   pid_t child_ = -1;
-  int doneFd_ = -1;
+  int doneFd_ = -1, replyFd_ = -1;
   std::map<pid_t, int> procIdx_, threadIdx_;
 };
 

@@ -70,9 +70,9 @@ Result<Header> readHeader(int fd, const std::filesystem::path& p, PayloadType wa
   if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0)
     return corrupt(p, "is not a crbench native image (bad magic)");
   if (headerCrc(h) != h.headerCrc) return corrupt(p, "has a corrupted header (checksum mismatch)");
-  if (h.version != kImageFormatVersion)
-    return makeError(fmt::format("image file {} has format version {}, this crbench reads {}",
-                                 p.string(), h.version, kImageFormatVersion),
+  if (h.version < kOldestImageFormatVersion || h.version > kImageFormatVersion)
+    return makeError(fmt::format("image file {} has format version {}, this crbench reads {} to {}",
+                                 p.string(), h.version, kOldestImageFormatVersion, kImageFormatVersion),
                      "restore with the crbench that wrote it");
   if (h.type != uint32_t(want)) return corrupt(p, "has the wrong payload type");
   struct stat st {};

@@ -18,7 +18,10 @@
 
 namespace crb::native {
 
-constexpr uint32_t kImageFormatVersion = 1;
+// 2: incremental images (incremental.hpp: parent link, pageindex-, pagesums-<pid>.img, uuid).
+// Version 1 images (no parent) are still read.
+constexpr uint32_t kImageFormatVersion = 2;
+constexpr uint32_t kOldestImageFormatVersion = 1;
 // CRC-32 (zlib polynomial) of a payload, continuing from `seed`.
 uint32_t payloadCrc(const void* data, size_t len, uint32_t seed);
 constexpr size_t kImageHeaderSize = 32;

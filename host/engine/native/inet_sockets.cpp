@@ -25,6 +25,8 @@
 
 #include <linux/sockios.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 
 #include "core/proc.hpp"
@@ -148,9 +150,14 @@ std::vector<std::vector<std::string>> lockRules(int family, const Json& local, c
 }
 
 // iptables -I/-D <rule> run in the network namespace at nsPath.
-Status netfilter(const std::string& nsPath, const std::vector<std::string>& rule, bool insert) {
+std::vector<std::string> netfilterArgv(const std::string& nsPath, const std::vector<std::string>& rule, bool insert) {
   std::vector<std::string> argv{"nsenter", "--net=" + nsPath, rule[0], rule[1], insert ? "-I" : "-D"};
   argv.insert(argv.end(), rule.begin() + 2, rule.end());
+  return argv;
+}
+
+Status netfilter(const std::string& nsPath, const std::vector<std::string>& rule, bool insert) {
+  auto argv = netfilterArgv(nsPath, rule, insert);
   CRB_ASSIGN(auto r, runCommand(argv));
   if (!r.succeeded())
     return makeError(fmt::format("{}: {}", joinArgs(argv), r.describe()),
@@ -181,31 +188,54 @@ Status dumpTcpEstablished(DumpCtx& c, pid_t pid, int fd, Fd& dup, Json& d, const
   int family = d["family"];
   std::string nsPath = fmt::format("/proc/{}/ns/net", pid);
   auto rules = lockRules(family, d["local"], d["peer"]);
+  // Each change is recorded with the guardian before it is made (guardian.hpp).
+  auto guard = c.seizure->guardian();
+  std::vector<int> ruleSlots;
+  auto unlock = [guard, rules, nsPath](const std::vector<int>& slots) {
+    for (size_t j = 0; j < slots.size(); j++) {
+      (void)netfilter(nsPath, rules[j], false);
+      guard->fixed(slots[j]);
+    }
+  };
   for (size_t i = 0; i < rules.size(); i++) {
-    auto st = netfilter(nsPath, rules[i], true);
+    auto slot = guard->noteCommand(pid, netfilterArgv(nsPath, rules[i], false));
+    Status st = slot.ok() ? netfilter(nsPath, rules[i], true) : Status(slot.error());
+    if (slot.ok()) ruleSlots.push_back(*slot);
     if (!st.ok()) {
-      for (size_t j = 0; j < i; j++) (void)netfilter(nsPath, rules[j], false);
+      // The failed rule is not there: its -D would fail harmlessly; the slot goes with the others.
+      unlock(ruleSlots);
       return st.error().context("keep " + what + " quiet during the dump");
     }
+  }
+  faultPoint("tcp-lock");
+  auto repairSlot = guard->noteTcpRepair(pid, fd);
+  if (!repairSlot.ok()) {
+    unlock(ruleSlots);
+    return repairSlot.error();
   }
   int on = TCP_REPAIR_ON;
   if (::setsockopt(dup.get(), IPPROTO_TCP, TCP_REPAIR, &on, sizeof on) != 0) {
     int e = errno;
-    for (auto& r : rules) (void)netfilter(nsPath, r, false);
+    guard->fixed(*repairSlot);
+    unlock(ruleSlots);
     return sysError("TCP_REPAIR on " + what, e);
   }
   // Put back unless the dump ends with the tree killed (then the rules stay for the restore and
-  // the socket, closed in repair mode, goes away without a word).
+  // the socket, closed in repair mode, goes away without a word; the guardian forgets both).
   auto shared = std::make_shared<Fd>(std::move(dup));
-  c.undo.push_back([shared, rules, nsPath] {
+  c.undo.push_back([shared, unlock, ruleSlots, guard, slot = *repairSlot] {
     int off = TCP_REPAIR_OFF;
     ::setsockopt(shared->get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
-    for (auto& r : rules) (void)netfilter(nsPath, r, false);
+    guard->fixed(slot);
+    unlock(ruleSlots);
   });
   int s = shared->get();
-  int outq = 0, inq = 0;
+  int outq = 0, inq = 0, unsent = 0;
   ::ioctl(s, SIOCOUTQ, &outq);
   ::ioctl(s, SIOCINQ, &inq);
+  // The tail of the send queue never sent: the restore must not put it back as "sent" (repair
+  // mode), or it would wait for a retransmission timeout instead of going out at once.
+  ::ioctl(s, SIOCOUTQNSD, &unsent);
   uint32_t sndSeq = 0, rcvSeq = 0;
   CRB_ASSIGN(auto sendData, peekQueue(s, TCP_SEND_QUEUE, uint32_t(outq), sndSeq));
   CRB_ASSIGN(auto recvData, peekQueue(s, TCP_RECV_QUEUE, uint32_t(inq), rcvSeq));
@@ -221,6 +251,7 @@ Status dumpTcpEstablished(DumpCtx& c, pid_t pid, int fd, Fd& dup, Json& d, const
   d["tcp"] = {{"snd_seq", sndSeq},  // write_seq: after the last queued byte
               {"rcv_seq", rcvSeq},  // rcv_nxt: after the last queued byte
               {"send_queue", toHex(sendData.data(), sendData.size())},
+              {"unsent", std::clamp(unsent, 0, outq)},
               {"recv_queue", toHex(recvData.data(), recvData.size())},
               {"mss", intOpt(s, IPPROTO_TCP, TCP_MAXSEG)},
               {"options", ti.tcpi_options},
@@ -229,7 +260,7 @@ Status dumpTcpEstablished(DumpCtx& c, pid_t pid, int fd, Fd& dup, Json& d, const
               {"timestamp", ts},
               {"window", {w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup}},
               {"lock_rules", rules}};
-  (void)fd;
+  faultPoint("tcp-repair");
   return success();
 }
 }  // namespace
@@ -345,8 +376,7 @@ static Status setTcpOpts(int s, const Json& opts, const std::string& what) {
   return success();
 }
 
-static Status restoreQueue(int s, int queue, const std::string& hex, const std::string& what) {
-  CRB_ASSIGN(auto data, fromHex(hex));
+static Status restoreQueue(int s, int queue, const std::string& data, const std::string& what) {
   if (::setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, &queue, sizeof queue) != 0)
     return sysError("select TCP repair queue of " + what, errno);
   size_t done = 0;
@@ -391,8 +421,11 @@ static Status restoreEstablished(int s, const Json& d, const std::string& what) 
   if (o & TCPI_OPT_TIMESTAMPS) opts.push_back({TCPOPT_TIMESTAMP, 0});
   if (::setsockopt(s, IPPROTO_TCP, TCP_REPAIR_OPTIONS, opts.data(), socklen_t(opts.size() * sizeof opts[0])) != 0)
     return sysError("TCP_REPAIR_OPTIONS on " + what, errno);
-  CRB_CHECK(restoreQueue(s, TCP_SEND_QUEUE, t.value("send_queue", ""), what));
-  CRB_CHECK(restoreQueue(s, TCP_RECV_QUEUE, t.value("recv_queue", ""), what));
+  // What was sent (unacknowledged) goes back in repair mode, where the kernel counts it as sent;
+  // the unsent tail is written after repair mode (finishInetSockets), as a program's write.
+  size_t unsent = std::min(sendData.size(), size_t(t.value("unsent", 0)));
+  CRB_CHECK(restoreQueue(s, TCP_SEND_QUEUE, sendData.substr(0, sendData.size() - unsent), what));
+  CRB_CHECK(restoreQueue(s, TCP_RECV_QUEUE, recvData, what));
   // After the queues: the kernel checks the window against rcv_nxt, which they move.
   auto w = t.value("window", std::vector<uint32_t>{});
   if (w.size() == 5) {
@@ -442,9 +475,34 @@ Result<int> openInetSocket(RestoreCtx& c, const FileDesc& f) {
 Status finishInetSockets(RestoreCtx& c) {
   for (auto& f : c.tree.files) {
     if (f.kind != "inet" || f.detail.value("state", "") != "established" || !c.fileFds.count(f.id)) continue;
+    int s = c.fileFds[f.id];
+    std::string what = "TCP socket " + sockaddrText(f.detail["local"]);
     int off = TCP_REPAIR_OFF;
-    if (::setsockopt(c.fileFds[f.id], IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) != 0)
-      return sysError("leave TCP repair mode on " + sockaddrText(f.detail["local"]), errno);
+    if (::setsockopt(s, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) != 0)
+      return sysError("leave TCP repair mode on " + what, errno);
+    // The unsent tail of the send queue, queued ahead of anything the program writes next. A
+    // connection to an outside peer is still behind its DROP rules: the transmission fails and the
+    // data waits in the queue until unlockTcp pushes it.
+    const Json& t = f.detail["tcp"];
+    CRB_ASSIGN(auto sendData, fromHex(t.value("send_queue", "")));
+    size_t unsent = std::min(sendData.size(), size_t(t.value("unsent", 0)));
+    if (!unsent) continue;
+    // It fitted the original's buffer, but the copy's skbs may carry more overhead: room is made
+    // for it, then the buffer size set back (what is queued stays; new writes wait for room).
+    int sndbuf = intOpt(s, SOL_SOCKET, SO_SNDBUF);
+    int room = int(std::min<size_t>(size_t(sndbuf) / 2 + unsent * 2, 1 << 30));
+    ::setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, &room, sizeof room);
+    for (size_t done = sendData.size() - unsent; done < sendData.size();) {
+      ssize_t n = ::send(s, sendData.data() + done, sendData.size() - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n <= 0)
+        return sysError(fmt::format("queue the {} unsent bytes of the send queue of {} ({} queued)", unsent, what,
+                                    done - (sendData.size() - unsent)),
+                        n < 0 ? errno : EIO);
+      done += size_t(n);
+    }
+    int half = sndbuf / 2;  // the kernel doubles what it is given
+    if (::setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, &half, sizeof half) != 0)
+      return sysError("set the send buffer size of " + what + " back", errno);
   }
   return success();
 }
@@ -461,14 +519,74 @@ static bool bothEndsInTree(const Json& f, const Json& files) {
   return false;
 }
 
+// The process that holds image pid `pid` after the restore: the same pid, or, restored into the
+// pid namespace of `nsHolder`, the process whose innermost NSpid it is.
+static pid_t restoredHostPid(pid_t pid, pid_t nsHolder) {
+  if (nsHolder <= 0) return pid;
+  struct stat want {};
+  if (::stat(fmt::format("/proc/{}/ns/pid", nsHolder).c_str(), &want) != 0) return -1;
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    std::string name = e.path().filename();
+    if (name.empty() || !std::isdigit(uint8_t(name[0]))) continue;
+    struct stat st {};
+    if (::stat((e.path() / "ns/pid").c_str(), &st) != 0 || st.st_ino != want.st_ino || st.st_dev != want.st_dev) continue;
+    auto status = readFile(e.path() / "status");
+    if (!status.ok()) continue;
+    auto at = status->find("NSpid:");
+    if (at == std::string::npos) continue;
+    std::string line = status->substr(at + 6, status->find('\n', at) - at - 6);
+    auto last = line.find_last_not_of(" \t");
+    auto first = line.find_last_of(" \t", last);
+    if (last != std::string::npos && std::atoi(line.c_str() + (first == std::string::npos ? 0 : first + 1)) == pid)
+      return pid_t(std::atoi(name.c_str()));
+  }
+  return -1;
+}
+
+// Pushes out what a restored connection has queued, now that its rules are gone: the unsent tail
+// finishInetSockets queued, and whatever the running copy wrote meanwhile, failed to go out behind
+// the rules and would otherwise wait for a timer (retransmission or zero-window probe, 1 s
+// without an RTT sample). Un-corking an uncorked socket does nothing else than push
+// (tcp_push_pending_frames); a socket the program corked is left alone. Best effort: a miss
+// costs that timer, not data.
+static void pushRestoredTcp(const std::filesystem::path& dir, const Json& f, pid_t nsHolder) {
+  const Json& d = f["detail"];
+  if (d.value("opts", Json::object()).value("cork", 0)) return;
+  auto inv = readJsonImage(dir, "inventory.img");
+  if (!inv.ok()) return;
+  int id = f.value("id", -1);
+  for (auto& p : inv->value("pids", Json::array())) {
+    auto core = readJsonImage(dir, fmt::format("core-{}.img", p.get<int>()));
+    if (!core.ok()) continue;
+    for (auto& e : core->value("fds", Json::array())) {
+      if (e.value("file", -1) != id) continue;
+      pid_t host = restoredHostPid(p.get<pid_t>(), nsHolder);
+      auto s = host > 0 ? grabRemoteFd(host, e.value("fd", -1)) : Result<Fd>(makeError("not found"));
+      if (!s.ok()) continue;
+      sockaddr_storage ss{};
+      socklen_t l = sizeof ss;
+      if (::getsockname(s->get(), reinterpret_cast<sockaddr*>(&ss), &l) != 0 || addrJson(ss) != d.value("local", Json()))
+        continue;  // not the socket we restored (the program replaced the fd)
+      int zero = 0;
+      ::setsockopt(s->get(), IPPROTO_TCP, TCP_CORK, &zero, sizeof zero);
+      return;
+    }
+  }
+}
+
 Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath, UnlockWhich which) {
   CRB_ASSIGN(Json image, readJsonImage(dir, "files.img"));
   Json files = image.value("files", Json::array());
+  // The restored tree's pid namespace is that of the process whose netns we were given, if any.
+  pid_t nsHolder = 0;
+  if (nsPath.rfind("/proc/", 0) == 0 && std::isdigit(uint8_t(nsPath[6]))) nsHolder = std::atoi(nsPath.c_str() + 6);
   for (auto& f : files) {
     if (f.value("kind", "") != "inet" || !f.contains("detail") || !f["detail"].contains("tcp")) continue;
     if (bothEndsInTree(f, files) != (which == UnlockWhich::InTreePairs)) continue;
     for (auto& r : f["detail"]["tcp"].value("lock_rules", Json::array()))
       CRB_CHECK(netfilter(nsPath, r.get<std::vector<std::string>>(), false));
+    if (which == UnlockWhich::OutsidePeers) pushRestoredTcp(dir, f, nsHolder);
   }
   return success();
 }

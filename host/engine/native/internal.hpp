@@ -111,6 +111,7 @@ struct DumpCtx {
     undo.clear();
   }
   ProcessState& proc(pid_t pid);
+  std::shared_ptr<struct ParentIndex> parent;  // incremental dump (incremental.hpp)
 };
 
 Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps);  // process.cpp
@@ -141,6 +142,8 @@ struct RestoreCtx {
   std::map<int, std::pair<int, int>> pipeFds;  // pipe id -> {read, write}
   std::vector<pid_t> traced;     // every tid we trace (killed if the restore fails)
   RestoreResult result;
+  std::shared_ptr<class PageChain> chain;  // incremental image or lazy restore (incremental.hpp)
+  std::shared_ptr<class LazyServer> lazy;  // lazy restore (lazy.hpp)
   const ProcessState* find(pid_t pid) const;
   uint64_t scratch() const { return boot + kScratchOff; }
   Injector inj(pid_t tid) { return Injector(tid, boot); }
@@ -186,6 +189,9 @@ Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after r
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);
 Status resolveUnixSockets(DumpCtx& c);
 Status createUnixSockets(RestoreCtx& c);
+// unix_sockets.cpp: a second listen() in the restored process that had called listen(), with its
+// restored credentials, so clients connecting after the restore read its SO_PEERCRED.
+Status restoreListenerCreds(RestoreCtx& c, const ProcessState& ps);
 void resetLocalSockets(const DumpCtx& c);  // first thing of dumpFiles
 // posix_mq.cpp: an mq_open() descriptor (false: not one), and the queues' restore (after setns).
 bool dumpPosixMqFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& link, const std::string& what);

@@ -3,6 +3,8 @@
 // them (copyPages: process_vm_readv, streamed), so pre-copy rounds (UFFD-WP written pages) and
 // lazy restore (serving runs on demand) can reuse each half.
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/vfs.h>
 #include <linux/memfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -24,6 +26,8 @@
 #include "engine/native/internal.hpp"
 #include "engine/native/capture.hpp"
 #include "engine/native/procfs.hpp"
+#include "engine/native/incremental.hpp"
+#include "engine/native/lazy.hpp"
 
 namespace crb::native {
 
@@ -408,7 +412,10 @@ Status openMappedFiles(RestoreCtx& c) {
     if (!fd.valid()) return sysError("open mapped file " + p, errno);
     struct stat st {};
     ::fstat(fd.get(), &st);
-    if (st.st_ino != f.ino)
+    // A fresh-namespace restore made every tmpfs of the tree anew (namespaces.cpp): new inodes.
+    struct statfs sf {};
+    bool remade = c.opts.seizeRoot > 0 && ::fstatfs(fd.get(), &sf) == 0 && sf.f_type == TMPFS_MAGIC;
+    if (st.st_ino != f.ino && !remade)
       return makeError("mapped file " + p + " was replaced since the dump (inode differs)",
                        "restore needs the same files the tree had mapped");
     int hi = ::fcntl(fd.get(), F_DUPFD, c.fdBase);
@@ -495,6 +502,17 @@ Status restoreMemory(RestoreCtx& c, const ProcessState& ps, RawImageReader& page
   // 4. Contents, streamed from pages-<pid>.img in the order they were dumped.
   Fd mem(::open(fmt::format("/proc/{}/mem", ps.pid).c_str(), O_RDWR | O_CLOEXEC));
   if (!mem.valid()) return sysError(fmt::format("open /proc/{}/mem", ps.pid), errno);
+  if (c.chain) {
+    // From a chain of incremental images (incremental.cpp); with lazy restore (lazy.cpp) the
+    // private anonymous mappings are registered with the page server instead of filled.
+    std::vector<std::pair<uint64_t, uint64_t>> lazy;
+    if (c.lazy) {
+      CRB_ASSIGN(lazy, lazyRegister(c, ps));
+    }
+    CRB_ASSIGN(uint64_t n, c.chain->restorePages(ps, mem.get(), lazy));
+    c.result.pagesRestored += n;
+    return success();
+  }
   std::vector<char> buf(8 << 20);
   for (auto& v : ps.vmas)
     for (auto& r : v.pages) {

@@ -56,6 +56,8 @@ struct DumpOptions {
   // refused: UDP may lose them. For a whole container, whose agent queues the prober's pings
   // while frozen; the prober counts them lost.
   bool dropUdpQueues = false;
+  // Incremental dump (incremental.hpp): store only the pages that differ from this image's.
+  std::filesystem::path parent;
 };
 
 struct DumpStats {
@@ -100,12 +102,17 @@ struct RestoreOptions {
   pid_t seizeRoot = 0;
   bool timeNamespaceReady = false;
   uint64_t bootReady = 0;  // the bootstrap page, mapped before the root was cloned
+  // Lazy restore (lazy.hpp): private anonymous memory is served on demand by a page server.
+  bool lazy = false;
+  // Called once the tree runs (lazy: before all pages are in); restoreTree returns when they are.
+  std::function<void()> onResumed;
 };
 
 struct RestoreResult {
   pid_t rootPid = -1;  // in crbench's pid namespace
   std::map<std::string, double> phasesMs;
   uint64_t processes = 0, threads = 0, pagesRestored = 0;
+  Json lazy;  // lazy restore's figures (lazy.hpp)
 };
 
 Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const RestoreOptions& opts);
@@ -116,5 +123,7 @@ Json describeNamespaces(pid_t pid);
 
 // What an image holds, for `crbench cr show` (verifies every file's checksum on the way).
 Result<Json> describeImage(const std::filesystem::path& dir);
+// `crbench cr flatten`: a self-contained copy of an incremental image's chain (incremental.hpp).
+Result<Json> flattenImage(const std::filesystem::path& src, const std::filesystem::path& out, bool sync);
 
 }  // namespace crb::native

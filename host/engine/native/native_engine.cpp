@@ -23,6 +23,7 @@
 #include <memory>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "core/fsutil.hpp"
 #include "engine/engine.hpp"
@@ -32,6 +33,7 @@
 #include "engine/native/precopy.hpp"
 #include "engine/native/procfs.hpp"
 #include "runtime/container.hpp"
+#include "core/fsutil.hpp"
 
 namespace crb {
 namespace {
@@ -59,12 +61,10 @@ class NativeEngine : public Engine {
   Capabilities capabilities() override {
     Capabilities c;
     c.runtimes = {RuntimeKind::Container};
-    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy, kCow};
+    c.modes = {modes::kStopAndCopy, modes::kLeaveRunning, modes::kPreCopy, kCow, modes::kIncremental, modes::kLazy};
     c.unsupportedModes[modes::kPostCopy] = "a VM migration mode (the process-level counterpart is lazy restore)";
     c.unsupportedModes[modes::kBackground] = "the native engine's write-protect based dump is mode cow";
     c.unsupportedModes[modes::kFileRam] = "a VM mode";
-    c.unsupportedModes[modes::kIncremental] = "native engine: incremental images are issue #9";
-    c.unsupportedModes[modes::kLazy] = "native engine: lazy restore is issue #9";
     c.versions["native-image-format"] = native::kImageFormatVersion;
     c.versions["native-checkpoints"] = "workload subtree (the agent's child); the agent is held stopped, not dumped";
     return c;
@@ -74,10 +74,11 @@ class NativeEngine : public Engine {
     auto* c = dynamic_cast<ContainerSandbox*>(&sandbox);
     if (!c) return makeError("the native engine works on containers only");
     if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning && ctx.mode != modes::kPreCopy &&
-        ctx.mode != kCow)
+        ctx.mode != kCow && ctx.mode != modes::kIncremental && ctx.mode != modes::kLazy)
       return makeError("native engine: mode " + ctx.mode + " is not supported",
-                       "modes: stop-and-copy, leave-running, pre-copy, cow", 3);
+                       "modes: stop-and-copy, leave-running, pre-copy, cow, incremental, lazy", 3);
     if (freshNs(ctx)) return checkpointWholeContainer(*c, ctx);
+    if (ctx.mode == modes::kIncremental) return checkpointIncremental(sandbox, ctx);
     releaseAgent();
     bool precopy = ctx.mode == modes::kPreCopy;
     bool cowMode = ctx.mode == kCow;
@@ -176,6 +177,7 @@ class NativeEngine : public Engine {
     o.moreRoots.assign(children.begin() + 1, children.end());
     o.rootPrefix = c->rootDir().string();
     o.reapKilled = [this] { reapAgentZombies(); };
+    o.parent = std::exchange(nextParent_, {});  // incremental mode's second dump
     // The agent is still held when dumpTree releases or kills the tree: marks come from here.
     o.mark = [](const std::string&) {};
     bool resumedMarked = false;
@@ -304,10 +306,21 @@ class NativeEngine : public Engine {
     // through the host's view of the overlay would show its host path in the workload's /proc.
     o.rootPrefix = fmt::format("/proc/{}/root", agent);
     o.joinCgroups = {(c->freezerCgroupDir() / "cgroup.procs").string(), (c->pidsCgroupDir() / "cgroup.procs").string()};
+    // Lazy: the tree (and the agent answering the prober) runs before its memory is all in;
+    // restoreTree returns once the page server has pushed the last page.
+    bool resumed = false;
+    o.lazy = ctx.mode == modes::kLazy;
+    if (o.lazy)
+      o.onResumed = [&] {
+        releaseAgent();
+        ctx.mark("resumed");
+        resumed = true;
+        rep.phasesMs["restore_to_resumed"] = msSince(t0);
+      };
     auto r = native::restoreTree(ctx.imageDir, o);
     // The agent runs again either way: with the restored workload as its child, or without it.
     releaseAgent();
-    ctx.mark("resumed");
+    if (!resumed) ctx.mark("resumed");
     if (!r.ok()) return r.error().context("native engine: restore into container " + c->id());
     rep.phasesMs.insert(r->phasesMs.begin(), r->phasesMs.end());
     rep.phasesMs["restore_total"] = msSince(t0);
@@ -316,6 +329,7 @@ class NativeEngine : public Engine {
                          {"pages_restored", r->pagesRestored},
                          {"restored_root_pid", r->rootPid},
                          {"restored_into", "the container's own pid/mnt/net/ipc/uts namespaces and cgroups"}};
+    if (o.lazy) rep.engineFigures["lazy"] = r->lazy;
     return rep;
   }
 
@@ -435,6 +449,50 @@ class NativeEngine : public Engine {
                                            "runtime's network namespace joined again"}};
     return rep;
   }
+  // Mode incremental (issue #9): a full dump that leaves the workload running (into
+  // <image>/base), the workload runs on for `incremental_delay_ms` (default 1000), then a
+  // stop-and-copy dump that stores only the pages that changed (--parent base); the restore reads
+  // the chain. Both dumps' figures are in the result; the downtime the prober sees covers both.
+  Result<PhaseReport> checkpointIncremental(Sandbox& sandbox, const CheckpointContext& ctx) {
+    double delayMs = 1000;
+    if (ctx.options.contains("incremental_delay_ms")) {
+      auto v = ctx.options["incremental_delay_ms"];
+      try {
+        delayMs = std::stod(v.is_string() ? v.get<std::string>() : v.dump());
+      } catch (...) {
+        return makeError("native engine: option incremental_delay_ms is not a number", "e.g. --engine-opt "
+                         "incremental_delay_ms=1000");
+      }
+    }
+    CheckpointContext base = ctx;
+    base.mode = modes::kLeaveRunning;
+    base.imageDir = ctx.imageDir / "base";
+    base.mark = [](const std::string&) {};  // the controller's marks belong to the final dump
+    if (auto st = makeDirs(base.imageDir, 0700); !st.ok()) return st.error();
+    auto tb = Clock::now();
+    auto b = checkpoint(sandbox, base);
+    if (!b.ok()) return b.error().context("native engine: incremental mode's base dump");
+    double baseMs = msSince(tb);
+    std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(delayMs));
+    CheckpointContext fin = ctx;
+    fin.mode = modes::kStopAndCopy;
+    nextParent_ = base.imageDir;
+    auto r = checkpoint(sandbox, fin);
+    nextParent_.clear();
+    if (!r.ok()) return r.error().context("native engine: incremental mode's incremental dump (the base was taken)");
+    PhaseReport rep = std::move(*r);
+    for (auto& [k, v] : b->phasesMs) rep.phasesMs["base_" + k] = v;
+    rep.phasesMs["base_dump_total"] = baseMs;
+    rep.engineFigures["base"] = b->engineFigures;
+    rep.engineFigures["incremental_delay_ms"] = delayMs;
+    rep.engineFigures["image_chain"] = {{"base_bytes", b->engineFigures.value("bytes_written", 0ull)},
+                                        {"incremental_bytes", rep.engineFigures.value("bytes_written", 0ull)},
+                                        {"method", "page-checksum"}};
+    rep.notes.push_back(fmt::format("incremental: a full leave-running dump, {} ms of workload, then a stop-and-copy "
+                                    "dump storing only changed pages; the restore reads both", delayMs));
+    return rep;
+  }
+  std::filesystem::path nextParent_;
   // Inject wait4(pid, WNOHANG) into the held agent for each of its dead children, so their pids
   // are free and the agent never learns they died.
   void reapAgentZombies() {

@@ -2,9 +2,10 @@
 // unlinked, and the queued messages with their priorities.
 //
 // Dump: a message queue cannot be peeked, so its messages are received through a descriptor
-// crbench opens on the queue (via /proc/<pid>/fd) and sent straight back in the order they came
-// out (highest priority first, FIFO within one), which recreates the same queue; the tree is
-// stopped meanwhile, and a failure to send back is a dump error naming the queue. A queue with an
+// opened on the queue (via /proc/<pid>/fd) and sent straight back in the order they came out
+// (highest priority first, FIFO within one), which recreates the same queue; the tree is stopped
+// meanwhile, and a failure to send back is a dump error naming the queue. The dump's guardian
+// does this on crbench's behalf, so a crbench killed mid-drain loses no message (guardian.hpp). A queue with an
 // mq_notify() registration is refused (it names a process and a signal we do not carry).
 //
 // Restore, in the tree's IPC namespace (after the restorer joined it): the queue is created under
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <set>
 
 #include "core/fsutil.hpp"
@@ -65,22 +67,15 @@ bool dumpPosixMqFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string
   d["gid"] = sst.st_gid;
   if (gCarried[&c].insert(f.ino).second) {
     d["carries"] = true;
-    std::vector<std::pair<unsigned, std::string>> msgs;
-    std::string buf(size_t(attr.mq_msgsize), '\0');
-    for (long i = 0; i < attr.mq_curmsgs; i++) {
-      unsigned prio = 0;
-      timespec zero{};
-      ssize_t n = ::mq_timedreceive(q.get(), buf.data(), buf.size(), &prio, &zero);
-      if (n < 0) break;
-      msgs.push_back({prio, buf.substr(0, size_t(n))});
-    }
-    for (auto& [prio, m] : msgs) {
-      if (::mq_send(q.get(), m.data(), m.size(), prio) != 0) {
-        c.refuse(what + fmt::format(" (POSIX message queue {}: could not put a message back: {}; the queue lost it)",
-                                    name, std::strerror(errno)));
-        break;
-      }
-      d["messages"].push_back({{"prio", prio}, {"hex", toHex(m.data(), m.size())}});
+    // Taken out and put back by the guardian, so a dumper killed meanwhile loses none (guardian.hpp).
+    // The fault tests make it hold the queue drained a moment, so the kill lands mid-drain.
+    const char* fault = std::getenv("CRBENCH_NATIVE_FAULT");
+    int pauseMs = fault && std::string(fault).rfind("mq-drain:", 0) == 0 ? 300 : 0;
+    auto msgs = c.seizure->guardian()->readMessageQueue(pid, fd, pauseMs);
+    if (!msgs.ok()) {
+      c.refuse(what + fmt::format(" (POSIX message queue {}: {})", name, msgs.error().message));
+    } else {
+      for (auto& [prio, m] : *msgs) d["messages"].push_back({{"prio", prio}, {"hex", toHex(m.data(), m.size())}});
     }
   }
   f.detail = d;

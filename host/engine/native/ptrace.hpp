@@ -59,7 +59,11 @@ Status readMem(pid_t pid, uint64_t addr, void* data, size_t len);
 // SIGKILL itself the n-th time it passes <point> (inject-set: an injected syscall's registers are
 // set; inject-entry / inject-exit: it is at the syscall-entry / -exit stop; safety-stop: SIGSTOP
 // sent, signals blocked, group stop not yet begun; frozen: every thread seized while the tree's
-// cgroup is frozen, before the thaw). Unset: nothing happens.
+// cgroup is frozen, before the thaw; tcp-lock: a TCP connection's DROP rules are in, not yet in
+// repair mode; tcp-repair: in repair mode, its queues read; peek: a unix socket's queue partly
+// peeked with SO_PEEK_OFF 0; mq-drain: the guardian is draining a POSIX message queue (held
+// drained for 300 ms); uffd: a userfaultfd created in the target, not yet closed there;
+// lazy-push: the lazy restore's page server pushes a batch). Unset: nothing happens.
 void faultPoint(const char* point);
 
 // Wait for a stop of `tid` (any kind); error if it exited.

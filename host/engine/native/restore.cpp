@@ -25,6 +25,8 @@
 
 #include "engine/native/internal.hpp"
 #include "engine/native/procfs.hpp"
+#include "engine/native/incremental.hpp"
+#include "engine/native/lazy.hpp"
 
 namespace crb::native {
 
@@ -305,6 +307,8 @@ Status Restorer::run() {
     if (!ps.zombie) CRB_CHECK(restoreSignalQueues(c_, ps));
   for (auto& ps : c_.tree.procs)
     if (!ps.zombie) CRB_CHECK(restoreCreds(c_, ps));
+  for (auto& ps : c_.tree.procs)
+    if (!ps.zombie) CRB_CHECK(restoreListenerCreds(c_, ps));
   for (auto& ps : c_.tree.procs) {
     if (ps.zombie) continue;
     auto inj = c_.inj(ps.pid);
@@ -366,12 +370,17 @@ static Result<RestoreResult> restoreInNamespaces(const std::filesystem::path& di
       o.joinCgroups.clear();
       o.setnsBeforeTree = {ns["mnt"].get(), ns["net"].get(), ns["ipc"].get(), ns["uts"].get()};
       o.netnsFd = ns["net"].get();  // sockets are created before the tree joins it
+      // Lazy: the tree runs before the restore returns; crbench hears of it on a line of its own.
+      o.onResumed = [&wr] {
+        std::string line = "{\"resumed\":true}\n";
+        (void)!::write(wr.get(), line.data(), line.size());
+      };
       // Through our fd: after the mount namespace changes, the host path is out of reach.
       auto r = restoreTree(fmt::format("/proc/self/fd/{}", dirFd.get()), o);
       Json j;
       if (r.ok())
         j = {{"root_pid", r->rootPid}, {"phases_ms", r->phasesMs}, {"processes", r->processes},
-             {"threads", r->threads}, {"pages_restored", r->pagesRestored}};
+             {"threads", r->threads}, {"pages_restored", r->pagesRestored}, {"lazy", r->lazy}};
       else
         j = {{"error", r.error().message}, {"hint", r.error().hint}};
       std::string msg = j.dump();
@@ -390,6 +399,12 @@ static Result<RestoreResult> restoreInNamespaces(const std::filesystem::path& di
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     out.append(buf, size_t(n));
+    // {"resumed":true} lines come before the result (lazy restore: the tree runs already).
+    for (size_t nl; (nl = out.find('\n')) != std::string::npos;) {
+      auto line = Json::parse(out.substr(0, nl), nullptr, false);
+      out.erase(0, nl + 1);
+      if (line.is_object() && line.contains("resumed") && opts.onResumed) opts.onResumed();
+    }
   }
   int st = 0;
   while (::waitpid(outer, &st, 0) < 0 && errno == EINTR) {
@@ -405,6 +420,7 @@ static Result<RestoreResult> restoreInNamespaces(const std::filesystem::path& di
   r.processes = j.value("processes", 0ull);
   r.threads = j.value("threads", 0ull);
   r.pagesRestored = j.value("pages_restored", 0ull);
+  if (j.contains("lazy")) r.lazy = j["lazy"];
   return r;
 }
 
@@ -573,7 +589,8 @@ Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const Restor
   if (opts.freshNamespaces) {
     // The dump's DROP rules live in the dumped network namespace: gone with it, or in the one
     // the runtime holds and the tree joins again.
-    std::string nsPath = opts.freshNetnsFd >= 0 ? fmt::format("/proc/self/fd/{}", opts.freshNetnsFd) : "";
+    // Through our pid: the path is opened by a helper program (nsenter), not by us.
+    std::string nsPath = opts.freshNetnsFd >= 0 ? fmt::format("/proc/{}/fd/{}", ::getpid(), opts.freshNetnsFd) : "";
     auto early = nsPath.empty() ? success() : unlockTcp(dir, nsPath, UnlockWhich::InTreePairs);
     auto r = early.ok() ? restoreInFreshNamespaces(dir, opts) : Result<RestoreResult>(early.error());
     auto u = nsPath.empty() ? success() : unlockTcp(dir, nsPath, UnlockWhich::OutsidePeers);
@@ -594,8 +611,22 @@ Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const Restor
   RestoreCtx c;
   c.dir = dir;
   c.opts = opts;
-  CRB_ASSIGN(c.tree, loadTree(dir, nullptr));
+  Json inv;
+  CRB_ASSIGN(c.tree, loadTree(dir, &inv));
   auto t0 = Clock::now();
+  // An incremental image restores from its chain (incremental.cpp); a lazy restore serves
+  // memory on demand (lazy.cpp) from the same page index.
+  if (inv.contains("parent") || opts.lazy) {
+    auto chain = PageChain::load(dir);
+    if (!chain.ok()) return chain.error().context("restore from " + dir.string());
+    c.chain = *chain;
+    c.result.phasesMs["chain_load"] = msSince(t0);
+  }
+  if (opts.lazy) {
+    auto srv = LazyServer::create(c.chain);
+    if (!srv.ok()) return srv.error().context("lazy restore from " + dir.string());
+    c.lazy = *srv;
+  }
   Status st = success();
   // A restorer inside a container's mounts has no iptables: restoreInNamespaces' caller unlocks.
   bool unlockHere = c.opts.setnsBeforeTree.empty();
@@ -604,6 +635,18 @@ Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const Restor
   if (st.ok()) {
     Restorer r(c);
     st = r.run();
+  }
+  if (c.lazy) {
+    if (st.ok()) {
+      c.result.phasesMs["to_resumed"] = msSince(t0);
+      if (opts.onResumed) opts.onResumed();
+      auto f = c.lazy->finish();  // the tree runs while the rest of its memory is pushed
+      if (f.ok()) c.result.lazy = *f;
+      else st = f.error();
+    }
+    c.lazy->abort();
+  } else if (st.ok() && opts.onResumed) {
+    opts.onResumed();
   }
   if (unlockHere) {
     auto u = unlockTcp(dir, nsPath, UnlockWhich::OutsidePeers);
@@ -639,6 +682,11 @@ Result<Json> describeImage(const std::filesystem::path& dir) {
       auto pr = RawImageReader::open(dir, fmt::format("pages-{}.img", ps.pid));
       if (!pr.ok()) return pr.error();
       CRB_CHECK(pr->verifyComplete());
+      if (inv.contains("parent")) {  // incremental: pages-<pid>.img holds the stored pages only
+        CRB_ASSIGN(Json idx, readJsonImage(dir, fmt::format("pageindex-{}.img", ps.pid)));
+        p["stored_pages"] = runPages(idx.value("stored", std::vector<PageRun>{}));
+        pages = p["stored_pages"].get<uint64_t>();
+      }
       if (pr->payloadSize() != pages * kPage)
         return makeError(fmt::format("pages-{}.img holds {} bytes, the index says {}", ps.pid, pr->payloadSize(), pages * kPage));
     }
@@ -647,6 +695,10 @@ Result<Json> describeImage(const std::filesystem::path& dir) {
   auto blobs = RawImageReader::open(dir, "blobs.img");
   if (!blobs.ok()) return blobs.error();
   CRB_CHECK(blobs->verifyComplete());
+  if (inv.contains("parent")) {
+    CRB_ASSIGN(auto chain, PageChain::load(dir));  // every link verified
+    out["chain"] = chain->describe();
+  }
   out["pipes"] = t.pipes;
   out["shared_memory"] = Json::array();
   for (auto& o : t.shmem) out["shared_memory"].push_back({{"name", o.name}, {"size", o.size}, {"extents", o.extents.size()}});

@@ -21,6 +21,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/msg.h>
@@ -28,10 +29,12 @@
 #include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <set>
 #include <thread>
 
 #include "core/fsutil.hpp"
@@ -167,15 +170,30 @@ bool dumpSysvShmVma(DumpCtx& c, pid_t pid, const MapsLine& m, Vma& v) {
 // semops, so a process with one is refused, naming the sets it last operated on (GETPID). Runs
 // in the tree's IPC namespace.
 static void refuseSemUndo(DumpCtx& c) {
+  // The reference without a list: a forked child (crbench's threads were cloned with
+  // CLONE_SYSVSEM, which gives a process an empty list; so do a tree's threads).
+  pid_t ref = ::fork();
+  if (ref == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  if (ref < 0) {
+    c.refuse("SysV semaphore undo state: cannot fork a reference process to compare with");
+    return;
+  }
   std::vector<std::pair<pid_t, pid_t>> holders;  // (pid, tid) with an undo list
+  std::set<pid_t> threaded;
   for (auto& ps : c.tree.procs) {
     if (ps.zombie) continue;
+    if (ps.threads.size() > 1) threaded.insert(ps.pid);
     for (auto& t : ps.threads)
-      if (::syscall(SYS_kcmp, t.tid, ::getpid(), 6 /*KCMP_SYSVSEM*/, 0, 0) != 0) {
+      if (::syscall(SYS_kcmp, t.tid, ref, 6 /*KCMP_SYSVSEM*/, 0, 0) != 0) {
         holders.push_back({ps.pid, t.tid});
         break;
       }
   }
+  ::kill(ref, SIGKILL);
+  ::waitpid(ref, nullptr, 0);
   if (holders.empty()) return;
   seminfo sinfo{};
   int maxSem = ::semctl(0, 0, SEM_INFO, &sinfo);
@@ -196,6 +214,9 @@ static void refuseSemUndo(DumpCtx& c) {
       }
     }
     if (all.empty()) continue;  // every set is gone: the list has nothing left to undo
+    // A multi-threaded process has a list from its first thread on, mostly empty: refused only
+    // when it operated on a set last.
+    if (threaded.count(pid) && sets.empty()) continue;
     c.refuse(fmt::format("SysV semaphore undo adjustments (SEM_UNDO) of pid {}, which the kernel does not expose and "
                          "a restore would lose; semaphore set(s) {}",
                          c.imagePid(pid), !sets.empty() ? "it last operated on: " + sets : "it may hold them on: " + all));

@@ -18,9 +18,14 @@
 // name), then shutdown states are replayed. A socket whose peer had closed gets a socketpair
 // whose other end is closed after its data is queued.
 //
-// Known gap (recorded, not hidden): SO_PEERCRED after restore names the restorer (the pid that
-// created or connected the restored socket), not the original peer process; the image keeps the
-// original triple in `peerCred`.
+// SO_PEERCRED: the kernel sets a socket's peer credentials once, from the process that calls
+// socketpair(), connect() (for the accepting end) or listen() (handed on to later connectors), and
+// there is no option to set them. A listener's are set again by a second listen(), which the
+// restore runs in the process that had listened (restoreListenerCreds), so clients connecting
+// after the restore see the right pid, uid and gid. Connections and socketpairs that existed at
+// the dump keep the restorer's (its pid, which may be reused once it exits, or 0 where the
+// restorer is outside the tree's pid namespace; uid and gid 0) -- a known gap, documented in
+// docs/native-image.md; the image keeps the original triple in `peerCred`.
 #include "engine/native/unix_sockets.hpp"
 
 #include <fcntl.h>
@@ -294,7 +299,7 @@ bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::str
   ucred cr{};
   l = sizeof cr;
   if (::getsockopt(g->get(), SOL_SOCKET, SO_PEERCRED, &cr, &l) == 0 && cr.pid > 0)
-    s.peerCred = {uint32_t(cr.pid), cr.uid, cr.gid};
+    s.peerCred = {uint32_t(c.imagePid(cr.pid)), cr.uid, cr.gid};  // the pid as the restored tree numbers it
   // The namespace the socket was created in (not necessarily its holder's).
   Fd ns(::ioctl(g->get(), SIOCGSKNS));
   struct stat nst {};
@@ -452,6 +457,18 @@ Status resolveUnixSockets(DumpCtx& c) {
     if (me.rqueue == 0 && s.type != SOCK_DGRAM) continue;
     auto g = grabRemoteFd(hpid, hfd);
     if (!g.ok()) return g.error().context(what);
+    // SO_PEEK_OFF is the socket's own (the tree sees it): recorded with the guardian before it
+    // changes, and set back on every way out of this block.
+    auto guard = c.seizure->guardian();
+    CRB_ASSIGN(int peekSlot, guard->notePeekOff(hpid, hfd, s.peekOff));
+    struct PeekOffBack {
+      int fd, old, slot;
+      Guardian& guard;
+      ~PeekOffBack() {
+        ::setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+        guard.fixed(slot);
+      }
+    } peekBack{g->get(), s.peekOff, peekSlot, *guard};
     int zero = 0;
     if (::setsockopt(g->get(), SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) != 0)
       return sysError("set SO_PEEK_OFF on " + what, errno);
@@ -513,8 +530,8 @@ Status resolveUnixSockets(DumpCtx& c) {
       }
       CRB_CHECK(queues->write(buf.data(), size_t(n)));
       total += uint64_t(n);
+      faultPoint("peek");
     }
-    ::setsockopt(g->get(), SOL_SOCKET, SO_PEEK_OFF, &s.peekOff, sizeof s.peekOff);
     if (refused) continue;
     if (s.external && total) c.refuse(what + " (external) has data queued from its outside peer");
   }
@@ -825,6 +842,23 @@ Status createUnixSockets(RestoreCtx& c) {
   if (!any && c.tree.unixSockets.empty()) return success();
   SocketBuilder b(c);
   return b.run();
+}
+
+Status restoreListenerCreds(RestoreCtx& c, const ProcessState& ps) {
+  for (auto& s : c.tree.unixSockets) {
+    if (s.state != TCP_LISTEN || s.peerCred.size() != 3 || pid_t(s.peerCred[0]) != ps.pid) continue;
+    // Only the identity it has now can be given: one that changed its ids since keeps the gap.
+    if (ps.uids.size() < 2 || ps.gids.size() < 2 || ps.uids[1] != s.peerCred[1] || ps.gids[1] != s.peerCred[2]) continue;
+    int fd = -1;
+    for (auto& e : ps.fds)
+      for (auto& f : c.tree.files)
+        if (fd < 0 && f.id == e.file && f.kind == "unix" && f.object == s.id) fd = e.fd;
+    if (fd < 0) continue;
+    auto inj = c.inj(ps.pid);
+    CRB_CHECK(inj.check(fmt::format("listen() again on unix socket ino {} at fd {} (its SO_PEERCRED)", s.ino, fd),
+                        SYS_listen, uint64_t(fd), uint64_t(s.backlog)));
+  }
+  return success();
 }
 
 }  // namespace crb::native

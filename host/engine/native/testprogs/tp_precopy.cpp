@@ -3,15 +3,18 @@
 // process. A page copied in an early round and dirtied later but not copied again, or a table
 // from another moment than the pages, shows as a mismatch of some byte.
 //
-//   tp_precopy GO-FILE [SIZE-MIB [RATE-MIB-S]]
+//   tp_precopy GO-FILE [SIZE-MIB [RATE-MIB-S [fork]]]
 // Prints READY once every page is written, keeps rewriting pages in order at RATE; when GO-FILE
 // appears it checks every byte of every page (PASS/FAIL), rewrites for another 200 ms, checks
-// again and exits.
+// again and exits. With `fork` (lazy restore: memory still being served) it first forks a child
+// that checks every byte itself, and discards one page (MADV_DONTNEED), which must read as zeros.
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include <cstdint>
 #include <cstdlib>
+#include <string_view>
 #include <vector>
 
 #include "tp.hpp"
@@ -93,6 +96,22 @@ int main(int argc, char** argv) {
   for (size_t n = 0;; n++) {
     if ((rate <= 0 || n % 64 == 0) && tp::goExists()) break;
     step();
+  }
+  if (argc > 4 && std::string_view(argv[4]) == "fork") {
+    uint64_t* last = mem + (pages - 1) * kWords;
+    madvise(last, 4096, MADV_DONTNEED);
+    bool zero = true;
+    for (size_t w = 0; w < kWords; w++) zero = zero && last[w] == 0;
+    tp::check(zero, "a page discarded with MADV_DONTNEED does not read as zeros");
+    fill(last, pages - 1, gen[pages - 1]);
+    pid_t ch = fork();
+    if (ch == 0) {
+      check("in a child forked after restore");
+      _exit(tp::failures ? 1 : 0);
+    }
+    int st = 0;
+    waitpid(ch, &st, 0);
+    tp::check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child forked after restore found wrong pages");
   }
   check("after restore");
   double until = now() + 0.2;
