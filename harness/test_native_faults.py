@@ -4,6 +4,7 @@ connection (netfilter DROP rules in, repair mode on), while a POSIX message queu
 a unix socket is half peeked with SO_PEEK_OFF moved, and right after it created a userfaultfd in
 the target; each time the dump's guardian must put the object back before the tree runs again."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -51,16 +52,26 @@ def test_dumper_killed_mid_change_puts_the_objects_back(tmp_path):
         conn.settimeout(30)
         wait_for(log, "READY")
         # fault point -> what the guardian must report having put back
-        runs = [("tcp-lock:1", "ran /usr/bin/nsenter"),
+        runs = [("guardian-command:1", "ran /usr/bin/nsenter"),
+                ("guardian-command:2", "ran /usr/bin/nsenter"),
+                ("tcp-lock:1", "ran /usr/bin/nsenter"),
                 ("tcp-repair:1", "take TCP repair mode off"),
                 ("mq-drain:1", "put back 8 message(s)"),
                 ("peek:1", "set SO_PEEK_OFF back"),
                 ("peek:2", "set SO_PEEK_OFF back")]
+        rng = random.Random(int(os.environ.get("CRBENCH_TEST_SEED", "7")))
+        runs += [(None, rng.uniform(0.02, 0.25)) for _ in range(6)]  # and at random times
         for i, (fault, said) in enumerate(runs):
-            rc, err = kill_dumper(p.pid, tmp_path / f"img{i}", fault=fault)
-            what = f"run {i} (fault {fault}, dumper exit {rc})"
+            if fault:
+                rc, err = kill_dumper(p.pid, tmp_path / f"img{i}", fault=fault)
+            else:
+                rc, err = kill_dumper(p.pid, tmp_path / f"img{i}", delay=said)
+            what = f"run {i} (fault {fault}, delay {said}, dumper exit {rc})"
             assert p.poll() is None, f"{what}: the workload died: {log.read_text()}\n{err}"
-            assert rc == -signal.SIGKILL, f"{what}: the fault point was not reached: {err}"
+            if not fault:
+                said = None
+            elif rc != -signal.SIGKILL:
+                raise AssertionError(f"{what}: the fault point was not reached: {err}")
             if said:
                 assert said in err, f"{what}: the guardian did not say '{said}': {err}"
             left = drop_rules(port)

@@ -156,6 +156,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
     CRB_CHECK(dumpThreads(c, pid, ps));
     CRB_CHECK(dumpSignals(c, pid, ps));
     CRB_CHECK(dumpPosixTimers(c, pid, ps));  // events.cpp
+    if (opts.track && !c.parent) opts.track->attach(seizure, pid);  // incremental.cpp: for the next dump
     CRB_CHECK(seizure.finishInjection(pid));
   }
   c.stats.processes = c.tree.procs.size();

@@ -44,6 +44,10 @@ struct GuardRecord {
     int32_t lost;   // messages that could not be put back
     int64_t count;  // messages in the shared area: (u32 length, u32 priority, data padded to 8) each
   } mq;
+  struct {
+    char argv[1024];  // as GuardFix::argv
+    int32_t status;   // wait status (-1: could not fork)
+  } cmd;
 };
 
 namespace {
@@ -228,12 +232,13 @@ int remoteFd(pid_t pid, int fd) {
   return s;
 }
 
-void runCommand(GuardFix& f, Msg& m) {
+// Runs a packed argv (NUL-separated, argv[0] absolute, "" ends it); returns its wait status.
+int runPacked(char* packed, size_t cap, Msg& m, bool say) {
   char* argv[64];
   int n = 0;
-  for (char* a = f.argv; *a && n < 63 && a < f.argv + sizeof f.argv; a += std::strlen(a) + 1) argv[n++] = a;
+  for (char* a = packed; a < packed + cap && *a && n < 63; a += std::strlen(a) + 1) argv[n++] = a;
   argv[n] = nullptr;
-  if (!n) return;
+  if (!n) return -1;
   pid_t c = ::fork();
   if (c == 0) {
     char path[] = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
@@ -244,9 +249,13 @@ void runCommand(GuardFix& f, Msg& m) {
   int st = -1;
   while (c > 0 && ::waitpid(c, &st, 0) < 0 && errno == EINTR) {
   }
-  m.add(c > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "crbench guardian: ran" : "crbench guardian: FAILED to run");
-  for (int i = 0; i < n; i++) m.add(" "), m.add(argv[i]);
-  m.flush();
+  bool ok = c > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+  if (say || !ok) {
+    m.add(ok ? "crbench guardian: ran" : "crbench guardian: FAILED to run");
+    for (int i = 0; i < n; i++) m.add(" "), m.add(argv[i]);
+    m.flush();
+  }
+  return c > 0 ? st : -1;
 }
 
 // The tree's kernel objects first, newest change first, before anything of it runs again.
@@ -254,7 +263,7 @@ void undoFixes(GuardRecord* rec, Msg& m) {
   for (int i = rec->nfixes - 1; i >= 0; i--) {
     GuardFix& f = rec->fixes[i];
     if (f.kind == kFixCommand) {
-      runCommand(f, m);
+      runPacked(f.argv, sizeof f.argv, m, true);
     } else if (f.kind == kFixTcpRepair || f.kind == kFixPeekOff) {
       int s = remoteFd(f.pid, f.fd);
       int off = TCP_REPAIR_OFF;
@@ -345,16 +354,26 @@ void serveMessageQueue(GuardRecord* rec, char* area, Msg& m) {
   // Hold nothing of the dumper's (listening sockets, pipes a caller waits on) but stderr.
   int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (in >= 0) ::dup2(in, 0), ::dup2(in, 1);
+  // Out of the way first: any of them may already be 10, 11 or 12.
+  doneFd = ::fcntl(doneFd, F_DUPFD, 13);
+  dumperFd = ::fcntl(dumperFd, F_DUPFD, 13);
+  replyFd = ::fcntl(replyFd, F_DUPFD, 13);
   ::dup2(doneFd, 10);
   ::dup2(dumperFd, 11);
   ::dup2(replyFd, 12);
   ::syscall(SYS_close_range, 3, 9, 0);
   ::syscall(SYS_close_range, 13, ~0u, 0);
+  for (int fd = 10; fd <= 12; fd++) ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // not into the commands it runs
   Msg m;
   pollfd fds[2] = {{10, POLLIN, 0}, {11, POLLIN, 0}};
   // 'D': the dumper is done (all put back); 'Q': drain and refill a message queue.
   auto request = [&](char c) {
     if (c == 'D') ::_exit(0);
+    if (c == 'C') {  // a command whose undo is recorded: run here, so it never outlives its undo
+      rec->cmd.status = runPacked(rec->cmd.argv, sizeof rec->cmd.argv, m, false);
+      ssize_t w = ::write(12, "R", 1);
+      (void)w;
+    }
     if (c == 'Q') {
       serveMessageQueue(rec, mqArea, m);
       if (::write(12, "R", 1) != 1) {  // EPIPE: the dumper died meanwhile (SIGPIPE is ignored)
@@ -587,7 +606,8 @@ Result<int> Guardian::notePeekOff(pid_t pid, int fd, int old) {
   return fix(f);
 }
 
-Result<int> Guardian::noteCommand(pid_t pid, const std::vector<std::string>& argv) {
+namespace {
+Status packArgv(const std::vector<std::string>& argv, char* out, size_t cap) {
   if (argv.empty()) return makeError("an empty command for the dump guardian");
   std::string exe = argv[0];
   if (exe.find('/') == std::string::npos) {
@@ -599,19 +619,40 @@ Result<int> Guardian::noteCommand(pid_t pid, const std::vector<std::string>& arg
       }
     if (exe.empty()) return makeError(argv[0] + " not found in /usr/sbin, /usr/bin, /sbin, /bin");
   }
+  std::memset(out, 0, cap);
+  size_t n = 0;
+  for (size_t i = 0; i < argv.size(); i++) {
+    const std::string& a = i ? argv[i] : exe;
+    if (n + a.size() + 2 > cap || a.empty() || i >= 63)
+      return makeError("command too long for the dump guardian's record: " + argv[0]);
+    std::memcpy(out + n, a.c_str(), a.size() + 1);
+    n += a.size() + 1;
+  }
+  return success();
+}
+}  // namespace
+
+Result<int> Guardian::noteCommand(pid_t pid, const std::vector<std::string>& argv) {
   GuardFix f{};
   f.kind = kFixCommand;
   f.pid = pid;
   f.fd = -1;
-  size_t n = 0;
-  for (size_t i = 0; i < argv.size(); i++) {
-    const std::string& a = i ? argv[i] : exe;
-    if (n + a.size() + 2 > sizeof f.argv || a.empty() || i >= 63)
-      return makeError("command too long for the dump guardian's record: " + argv[0]);
-    std::memcpy(f.argv + n, a.c_str(), a.size() + 1);
-    n += a.size() + 1;
-  }
+  CRB_CHECK(packArgv(argv, f.argv, sizeof f.argv));
   return fix(f);
+}
+
+Result<int> Guardian::runCommand(const std::vector<std::string>& argv) {
+  CRB_CHECK(packArgv(argv, rec_->cmd.argv, sizeof rec_->cmd.argv));
+  rec_->cmd.status = -1;
+  published();
+  if (::write(doneFd_, "C", 1) != 1) return sysError("ask the dump guardian to run " + argv[0], errno);
+  faultPoint("guardian-command");
+  char c = 0;
+  ssize_t n;
+  while ((n = ::read(replyFd_, &c, 1)) < 0 && errno == EINTR) {
+  }
+  if (n != 1) return makeError("the dump guardian did not answer (it died?)");
+  return int(rec_->cmd.status);
 }
 
 Result<int> Guardian::noteRemoteFd(pid_t pid, long syscallNr) {

@@ -27,6 +27,9 @@
 // dirty tracking: closed again by an injected close, its number read from the thread's
 // registers if the dumper died right after the call returned).
 //
+// The commands that make such changes (iptables -I) are run by the guardian too, on the dumper's
+// request: one run by a child of a dying dumper could land after the guardian's undo.
+//
 // A POSIX message queue cannot be read without taking its messages out, and a dumper killed
 // between taking and putting back would lose them (even a SIGKILL sent during mq_timedreceive
 // lets the call complete and drops its result). So the guardian itself drains and refills the
@@ -105,6 +108,9 @@ class Guardian {
   Result<int> notePeekOff(pid_t pid, int fd, int old);
   // A command that undoes a change (argv[0] looked up in PATH now), run if the dumper dies.
   Result<int> noteCommand(pid_t pid, const std::vector<std::string>& argv);
+  // Runs a command whose undo was noted, in the guardian (its stderr is ours): if the dumper dies
+  // meanwhile the command still ends before the guardian undoes it. Returns the wait status.
+  Result<int> runCommand(const std::vector<std::string>& argv);
   Result<int> noteRemoteFd(pid_t pid, long syscallNr);  // before injecting a syscall that creates an fd
   void noteRemoteFdNumber(int slot, int fd);             // what it returned
   void fixed(int slot);

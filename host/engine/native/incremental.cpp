@@ -12,9 +12,12 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <unordered_set>
 
+#include "engine/native/dirty.hpp"
 #include "engine/native/image.hpp"
 #include "engine/native/internal.hpp"
+#include "engine/native/procfs.hpp"
 
 #if __has_include(<isa-l/crc64.h>)
 #include <isa-l/crc64.h>
@@ -309,7 +312,14 @@ Result<uint64_t> PageChain::restorePages(const ProcessState& ps, int memFd,
     if (!r.ok()) return r.error().context("image " + levels_[size_t(l)].shownPath.string());
     uint64_t pos = 0;
     for (auto& s : mine) {
-      CRB_CHECK(r->skip((s.filePage - pos) * kPage));
+      // Pages between two segments (stored here, newer elsewhere) are read for the checksum only;
+      // through our buffer: RawImageReader::skip allocates one per call, and there may be
+      // thousands of small gaps.
+      for (uint64_t gap = (s.filePage - pos) * kPage; gap;) {
+        uint64_t n = std::min<uint64_t>(gap, buf.size());
+        CRB_CHECK(r->read(buf.data(), n));
+        gap -= n;
+      }
       bool lazy = false;
       for (auto [a, b] : skip) lazy = lazy || (s.addr >= a && s.addr < b);
       for (uint64_t done = 0; done < s.pages;) {
@@ -375,10 +385,65 @@ Result<std::shared_ptr<ParentIndex>> loadParentIndex(const std::filesystem::path
   return idx;
 }
 
+// ---------------------------------------------------------------- tracking between dumps
+struct MemoryTracker::Proc {
+  std::unique_ptr<DirtyTracker> tracker;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+};
+MemoryTracker::MemoryTracker() = default;
+MemoryTracker::~MemoryTracker() = default;
+
+void MemoryTracker::attach(Seizure& s, pid_t pid) {
+  auto t0 = Clock::now();
+  auto t = DirtyTracker::attach(s, pid);
+  if (!t.ok()) {
+    failure = fmt::format("pid {}: {}", pid, t.error().message);
+    return;
+  }
+  auto p = std::make_unique<Proc>();
+  p->tracker = std::move(*t);
+  auto maps = readMaps(pid, false);
+  if (!maps.ok()) {
+    failure = fmt::format("pid {}: {}", pid, maps.error().message);
+    return;
+  }
+  for (auto& m : *maps) {
+    // Writable private anonymous memory, as pre-copy tracks (precopy.cpp).
+    bool anon = m.path.empty() || m.path == "[heap]" || m.path == "[stack]" || m.path.rfind("[anon:", 0) == 0;
+    if (m.perms.size() < 4 || m.perms[1] != 'w' || m.perms[3] != 'p' || !anon) continue;
+    auto ok = p->tracker->track(m.start, m.end);
+    if (ok.ok() && *ok) p->ranges.push_back({m.start, m.end});
+  }
+  procs_[pid] = std::move(p);
+  attachMs += msSince(t0);
+}
+
+bool MemoryTracker::owns(pid_t pid, uint64_t start, uint64_t end) const {
+  auto it = procs_.find(pid);
+  if (it == procs_.end()) return false;
+  for (auto [s, e] : it->second->ranges)
+    if (s <= start && end <= e) return true;
+  return false;
+}
+
+bool MemoryTracker::written(pid_t pid, uint64_t start, uint64_t end, std::vector<PageRun>* out) {
+  // Exactly a tracked range: one that was split or merged since may have lost its protection.
+  auto it = procs_.find(pid);
+  if (it == procs_.end()) return false;
+  bool exact = false;
+  for (auto [s, e] : it->second->ranges) exact = exact || (s == start && e == end);
+  if (!exact) return false;
+  auto r = it->second->tracker->collect(start, end);
+  if (!r.ok()) return false;
+  *out = std::move(*r);
+  return true;
+}
+
 Status dumpIncrementalPages(DumpCtx& c, pid_t pid, ProcessState& ps) {
   pid_t ipid = c.imagePid(pid);
   const std::unordered_map<uint64_t, uint64_t>* parent = nullptr;
   if (auto it = c.parent->hashes.find(ipid); it != c.parent->hashes.end()) parent = &it->second;
+  uint64_t notRead = 0;
   CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", ipid)));
   std::vector<uint64_t> sums;
   std::vector<PageRun> stored;
@@ -392,10 +457,31 @@ Status dumpIncrementalPages(DumpCtx& c, pid_t pid, ProcessState& ps) {
     out.clear();
     return success();
   };
-  for (auto& v : ps.vmas)
+  for (auto& v : ps.vmas) {
+    // Tracked since the parent dump: a page not written since and held by the parent is the
+    // parent's; it is neither read nor hashed again.
+    std::vector<PageRun> wr;
+    bool tracked = parent && c.opts.track && !v.pages.empty() && v.kind == "anon" &&
+                   c.opts.track->written(pid, v.start, v.end, &wr);
+    std::unordered_set<uint64_t> dirty;
+    for (auto& r : wr)
+      for (uint64_t k = 0; k < r.pages; k++) dirty.insert(r.addr + k * kPage);
+    auto skippable = [&](uint64_t a) -> const uint64_t* {
+      if (!tracked || dirty.count(a)) return nullptr;
+      auto f = parent->find(a);
+      return f == parent->end() ? nullptr : &f->second;
+    };
     for (auto& r : v.pages)
       for (uint64_t done = 0; done < r.pages;) {
-        uint64_t n = std::min<uint64_t>(r.pages - done, in.size() / kPage);
+        if (const uint64_t* h = skippable(r.addr + done * kPage)) {
+          sums.push_back(*h);
+          unchanged++;
+          notRead++;
+          done++;
+          continue;
+        }
+        uint64_t n = 1;
+        while (done + n < r.pages && n < in.size() / kPage && !skippable(r.addr + (done + n) * kPage)) n++;
         uint64_t at = r.addr + done * kPage;
         CRB_CHECK(readTreePages(pid, at, in.data(), n * kPage));
         for (uint64_t i = 0; i < n; i++) {
@@ -415,6 +501,7 @@ Status dumpIncrementalPages(DumpCtx& c, pid_t pid, ProcessState& ps) {
         }
         done += n;
       }
+  }
   CRB_CHECK(flush());
   CRB_CHECK(w.commit(c.opts.sync));
   CRB_CHECK(writeRawFile(c.dir, fmt::format("pagesums-{}.img", ipid), sums.data(), sums.size() * 8, c.opts.sync));
@@ -426,13 +513,22 @@ Status dumpIncrementalPages(DumpCtx& c, pid_t pid, ProcessState& ps) {
   f["pages"] = f["pages"].get<uint64_t>() + sums.size();
   f["stored_pages"] = f["stored_pages"].get<uint64_t>() + bytes / kPage;
   f["unchanged_pages"] = f["unchanged_pages"].get<uint64_t>() + unchanged;
+  f["unchanged_not_read_pages"] = f.value("unchanged_not_read_pages", uint64_t(0)) + notRead;
   return success();
 }
 
-void incrementalInventory(const DumpCtx& c, Json& inv) {
+void incrementalInventory(DumpCtx& c, Json& inv) {
   inv["parent"] = {{"path", c.parent->relPath}, {"uuid", c.parent->uuid}, {"inventory_crc", c.parent->inventoryCrc}};
-  inv["incremental"] = {{"method", "page-checksum"}, {"hash", "crc64-ecma-refl per 4 KiB page"},
+  // Which pages were compared how: tracked ranges by uffd-wp (unwritten pages not read), the
+  // rest (and every page without a tracker) by their hash against the parent's.
+  bool tracked = c.opts.track && c.stats.memory["incremental"].value("unchanged_not_read_pages", uint64_t(0)) > 0;
+  std::string method = tracked ? std::string(DirtyTracker::kUffdWp) + " (tracked since the parent dump) + page-checksum"
+                               : "page-checksum";
+  inv["incremental"] = {{"method", method}, {"hash", "crc64-ecma-refl per 4 KiB page"},
                         {"chain_depth", c.parent->depth + 1}};
+  c.stats.memory["incremental"]["method"] = method;
+  if (c.opts.track && !c.opts.track->failure.empty())
+    c.stats.memory["incremental"]["tracking_failure"] = c.opts.track->failure;
 }
 
 // ---------------------------------------------------------------- flatten

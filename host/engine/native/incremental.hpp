@@ -54,7 +54,7 @@ Result<std::shared_ptr<ParentIndex>> loadParentIndex(const std::filesystem::path
 // from the parent's page at that address. Writes pages-, pageindex- and pagesums-<pid>.img.
 Status dumpIncrementalPages(DumpCtx& c, pid_t pid, ProcessState& ps);
 // The inventory fields of an incremental dump ("parent", "incremental").
-void incrementalInventory(const DumpCtx& c, Json& inv);
+void incrementalInventory(DumpCtx& c, Json& inv);  // also names the method in the figures
 
 // One image of a chain, newest first. `dir` stays valid after the restorer changes its mount
 // namespace (an O_PATH descriptor's /proc/self/fd path).
@@ -89,6 +89,30 @@ class PageChain {
  private:
   Result<std::vector<PageRun>> storedRuns(int level, pid_t pid) const;
   std::vector<ChainLevel> levels_;
+};
+
+class Seizure;
+class DirtyTracker;
+// Dirty tracking between two dumps made by one crbench process (the engine's incremental mode):
+// attached to each process while the base dump holds it (DumpOptions::track), the tree runs on
+// write-protected in async mode (dirty.hpp), and the incremental dump reads only the pages written
+// since — the others are the parent's, unread. A userfaultfd lives as long as crbench's
+// descriptor, so `crbench cr dump --parent` in a new process cannot use one: it compares hashes.
+// If attaching fails (no WP-async here) the incremental dump falls back to hashes and says why.
+class MemoryTracker {
+ public:
+  MemoryTracker();
+  ~MemoryTracker();
+  void attach(Seizure& s, pid_t pid);  // pid seized, injection prepared
+  bool owns(pid_t pid, uint64_t start, uint64_t end) const;
+  // Pages of [start, end) of pid written since attach; false if that range is not tracked.
+  bool written(pid_t pid, uint64_t start, uint64_t end, std::vector<PageRun>* out);
+  std::string failure;  // why some process is not tracked ("" = all are)
+  double attachMs = 0;
+
+ private:
+  struct Proc;
+  std::map<pid_t, std::unique_ptr<Proc>> procs_;
 };
 
 // `crbench cr flatten`: a self-contained image with every page of the chain's newest state.

@@ -21,6 +21,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <linux/sockios.h>
@@ -199,8 +200,17 @@ Status dumpTcpEstablished(DumpCtx& c, pid_t pid, int fd, Fd& dup, Json& d, const
   };
   for (size_t i = 0; i < rules.size(); i++) {
     auto slot = guard->noteCommand(pid, netfilterArgv(nsPath, rules[i], false));
-    Status st = slot.ok() ? netfilter(nsPath, rules[i], true) : Status(slot.error());
-    if (slot.ok()) ruleSlots.push_back(*slot);
+    Status st = slot.ok() ? success() : Status(slot.error());
+    if (slot.ok()) {
+      ruleSlots.push_back(*slot);
+      auto insert = netfilterArgv(nsPath, rules[i], true);
+      auto ran = guard->runCommand(insert);
+      if (!ran.ok())
+        st = ran.error();
+      else if (!WIFEXITED(*ran) || WEXITSTATUS(*ran) != 0)
+        st = makeError(fmt::format("{}: failed (status {:#x}; its message is above)", joinArgs(insert), *ran),
+                       "the native engine keeps TCP connections quiet with iptables (package iptables)");
+    }
     if (!st.ok()) {
       // The failed rule is not there: its -D would fail harmlessly; the slot goes with the others.
       unlock(ruleSlots);
@@ -473,13 +483,21 @@ Result<int> openInetSocket(RestoreCtx& c, const FileDesc& f) {
 // Before the restored tree runs: TCP connections leave repair mode (their packets are still
 // dropped until unlockTcp; the kernel retransmits what the peer missed).
 Status finishInetSockets(RestoreCtx& c) {
+  auto established = [&](const FileDesc& f) {
+    return f.kind == "inet" && f.detail.value("state", "") == "established" && c.fileFds.count(f.id);
+  };
+  // Every connection leaves repair mode before any sends: the other end of one in the tree must
+  // not get data while it is still being repaired.
   for (auto& f : c.tree.files) {
-    if (f.kind != "inet" || f.detail.value("state", "") != "established" || !c.fileFds.count(f.id)) continue;
+    if (!established(f)) continue;
+    int off = TCP_REPAIR_OFF;
+    if (::setsockopt(c.fileFds[f.id], IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) != 0)
+      return sysError("leave TCP repair mode on TCP socket " + sockaddrText(f.detail["local"]), errno);
+  }
+  for (auto& f : c.tree.files) {
+    if (!established(f)) continue;
     int s = c.fileFds[f.id];
     std::string what = "TCP socket " + sockaddrText(f.detail["local"]);
-    int off = TCP_REPAIR_OFF;
-    if (::setsockopt(s, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) != 0)
-      return sysError("leave TCP repair mode on " + what, errno);
     // The unsent tail of the send queue, queued ahead of anything the program writes next. A
     // connection to an outside peer is still behind its DROP rules: the transmission fails and the
     // data waits in the queue until unlockTcp pushes it.

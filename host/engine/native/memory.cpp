@@ -252,7 +252,8 @@ Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
     v.path = m.path;
     v.vmflags = m.vmflags;
     std::string where = fmt::format("mapping {:#x}-{:#x} {} of pid {}", m.start, m.end, m.path, pid);
-    bool ourWp = c.opts.capture && c.opts.capture->ownsRegistration(pid, m.start, m.end);  // pre-copy's / COW's own
+    bool ourWp = (c.opts.capture && c.opts.capture->ownsRegistration(pid, m.start, m.end)) ||  // pre-copy's / COW's own
+                 (c.opts.track && c.opts.track->owns(pid, m.start, m.end));  // incremental.cpp's tracker
     for (const char* f : {"um", "uw", "ui"})
       if (hasFlag(m.vmflags, f) && !(ourWp && f[1] == 'w')) c.refuse("userfaultfd-registered " + where);
     bool special = m.path == "[vdso]" || m.path == "[vvar]" || m.path == "[vvar_vclock]";

@@ -58,6 +58,9 @@ struct DumpOptions {
   bool dropUdpQueues = false;
   // Incremental dump (incremental.hpp): store only the pages that differ from this image's.
   std::filesystem::path parent;
+  // Keep the tree's pages tracked after this dump / read only the tracked-written pages in an
+  // incremental one (incremental.hpp; one crbench process makes both dumps).
+  class MemoryTracker* track = nullptr;
 };
 
 struct DumpStats {

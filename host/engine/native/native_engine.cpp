@@ -30,6 +30,7 @@
 #include "engine/native/internal.hpp"
 #include "engine/native/native.hpp"
 #include "engine/native/cow.hpp"
+#include "engine/native/incremental.hpp"
 #include "engine/native/precopy.hpp"
 #include "engine/native/procfs.hpp"
 #include "runtime/container.hpp"
@@ -178,6 +179,7 @@ class NativeEngine : public Engine {
     o.rootPrefix = c->rootDir().string();
     o.reapKilled = [this] { reapAgentZombies(); };
     o.parent = std::exchange(nextParent_, {});  // incremental mode's second dump
+    o.track = tracker_.get();                   // incremental mode: tracked from the base dump on
     // The agent is still held when dumpTree releases or kills the tree: marks come from here.
     o.mark = [](const std::string&) {};
     bool resumedMarked = false;
@@ -470,6 +472,13 @@ class NativeEngine : public Engine {
     base.mark = [](const std::string&) {};  // the controller's marks belong to the final dump
     if (auto st = makeDirs(base.imageDir, 0700); !st.ok()) return st.error();
     auto tb = Clock::now();
+    // The base dump leaves the workload write-protected (async: it never waits for us) so the
+    // incremental dump reads only the pages written since; dropped (unprotected) at the end.
+    tracker_ = std::make_unique<native::MemoryTracker>();
+    struct Drop {
+      std::unique_ptr<native::MemoryTracker>& t;
+      ~Drop() { t.reset(); }
+    } drop{tracker_};
     auto b = checkpoint(sandbox, base);
     if (!b.ok()) return b.error().context("native engine: incremental mode's base dump");
     double baseMs = msSince(tb);
@@ -485,14 +494,18 @@ class NativeEngine : public Engine {
     rep.phasesMs["base_dump_total"] = baseMs;
     rep.engineFigures["base"] = b->engineFigures;
     rep.engineFigures["incremental_delay_ms"] = delayMs;
-    rep.engineFigures["image_chain"] = {{"base_bytes", b->engineFigures.value("bytes_written", 0ull)},
-                                        {"incremental_bytes", rep.engineFigures.value("bytes_written", 0ull)},
-                                        {"method", "page-checksum"}};
+    rep.engineFigures["image_chain"] = {
+        {"base_bytes", b->engineFigures.value("bytes_written", 0ull)},
+        {"incremental_bytes", rep.engineFigures.value("bytes_written", 0ull)},
+        {"method", rep.engineFigures["memory"]["incremental"].value("method", "")},
+        {"tracker_attach_ms", tracker_->attachMs}};
+    if (!tracker_->failure.empty()) rep.engineFigures["image_chain"]["tracking_failure"] = tracker_->failure;
     rep.notes.push_back(fmt::format("incremental: a full leave-running dump, {} ms of workload, then a stop-and-copy "
                                     "dump storing only changed pages; the restore reads both", delayMs));
     return rep;
   }
   std::filesystem::path nextParent_;
+  std::unique_ptr<native::MemoryTracker> tracker_;
   // Inject wait4(pid, WNOHANG) into the held agent for each of its dead children, so their pids
   // are free and the agent never learns they died.
   void reapAgentZombies() {
