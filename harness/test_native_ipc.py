@@ -162,3 +162,12 @@ def test_external_peer_refused_then_reconnected_when_marked(tmp_path):
 def test_bad_external_option_is_named(tmp_path):
     r = cr("dump", "--tree", "1", "--images", tmp_path / "img", "--external", "tcp:1")
     assert r.returncode != 0 and "expected unix:<inode> or unix:<name>" in r.stderr, r.stderr
+
+
+def test_refuses_semaphore_undo_naming_the_set(tmp_path):
+    """Known gap: SEM_UNDO adjustments are kept by the kernel in a per-process list it does not
+    show; a process holding a lock taken with SEM_UNDO (tp_semundo) is refused, naming the set."""
+    need_root()
+    err = expect_refusal("tp_semundo", tmp_path, ["SEM_UNDO", "semaphore set(s) it last operated on: id",
+                                                  "key 0x5e3d"])
+    assert "unsupported:" in err, err

@@ -194,6 +194,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   lap("memory_layout");
   CRB_CHECK(dumpSysvIpc(c));
   lap("sysv_ipc");
+  if (opts.namespaceRoot) CRB_CHECK(dumpNamespaceContents(c, root));  // namespaces.cpp
   c.stats.phasesMs["state"] = msSince(t1);
   if (!c.unsupported.empty()) {
     std::string all;

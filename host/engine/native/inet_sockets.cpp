@@ -327,7 +327,9 @@ bool dumpInetSocket(DumpCtx& c, pid_t pid, int fd, const struct stat& st, FileDe
   if (proto == IPPROTO_UDP) {
     int queued = 0;
     ::ioctl(dup.get(), SIOCINQ, &queued);
-    if (diag->rqueue > 0 || queued > 0)
+    if ((diag->rqueue > 0 || queued > 0) && c.opts.dropUdpQueues)
+      f.detail["dropped_bytes"] = std::max<uint32_t>(diag->rqueue, uint32_t(queued));
+    else if (diag->rqueue > 0 || queued > 0)
       c.refuse(fmt::format("{}: {} bytes of datagrams queued", name, std::max<uint32_t>(diag->rqueue, uint32_t(queued))));
     d["state"] = connected ? "connected" : d.contains("local") && d["local"].value("port", 0) ? "bound" : "unbound";
   } else if (diag->state == 10 /* TCP_LISTEN */) {

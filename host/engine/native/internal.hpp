@@ -227,6 +227,14 @@ Status unlockTcp(const std::filesystem::path& dir, const std::string& nsPath, Un
 // namespaces.cpp: the tree's clocks (time namespace).
 Status dumpClocks(DumpCtx& c, pid_t root);  // right after the seize
 Status enterTimeNamespace(RestoreCtx& c);   // before the root is cloned
+// A whole container (DumpOptions::namespaceRoot): its mounts, names and interfaces, after dumpFiles.
+Status dumpNamespaceContents(DumpCtx& c, pid_t root);
+// Restore into fresh namespaces: the plan is built by the parent; the new root runs it right after
+// its clone (system calls only), then pivots into the container's root. 0 or -errno (*step says).
+struct FreshNsPlan;
+Result<std::shared_ptr<FreshNsPlan>> loadFreshNsPlan(const std::filesystem::path& dir, const std::string& rootfs);
+int runFreshNsPlan(const FreshNsPlan& p, int netnsFd, const char** step);
+std::string freshNsOtherInterface(const FreshNsPlan& p);  // "" when a new netns (lo) can stand in
 
 // sysv_ipc.cpp: a /SYSV mapping (memory.cpp), the objects (after the memory layout), and the
 // restore: prepare before the restorer changes namespaces, objects after, attaches per process,

@@ -3,6 +3,8 @@
 // them (copyPages: process_vm_readv, streamed), so pre-copy rounds (UFFD-WP written pages) and
 // lazy restore (serving runs on demand) can reuse each half.
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/vfs.h>
 #include <linux/memfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -533,7 +535,10 @@ Status openMappedFiles(RestoreCtx& c) {
     if (!fd.valid()) return sysError("open mapped file " + p, errno);
     struct stat st {};
     ::fstat(fd.get(), &st);
-    if (st.st_ino != f.ino)
+    // A fresh-namespace restore made every tmpfs of the tree anew (namespaces.cpp): new inodes.
+    struct statfs sf {};
+    bool remade = c.opts.seizeRoot > 0 && ::fstatfs(fd.get(), &sf) == 0 && sf.f_type == TMPFS_MAGIC;
+    if (st.st_ino != f.ino && !remade)
       return makeError("mapped file " + p + " was replaced since the dump (inode differs)",
                        "restore needs the same files the tree had mapped");
     int hi = ::fcntl(fd.get(), F_DUPFD, c.fdBase);

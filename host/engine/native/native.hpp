@@ -48,6 +48,14 @@ struct DumpOptions {
   // A cgroup v1 freezer directory holding the tree (`crbench cr dump --freeze-cgroup`): frozen
   // while every thread is seized, as a container's is (ignored when `thaw` is set).
   std::string freezeCgroup;
+  // The root is the init of the tree's pid namespace (a whole container): the contents of its
+  // mount, uts and net namespaces are recorded too, so that a restore can recreate them
+  // (RestoreOptions::freshNamespaces). A mount that cannot be made again is refused.
+  bool namespaceRoot = false;
+  // Datagrams queued on UDP sockets are dropped (their byte count kept in the image) instead of
+  // refused: UDP may lose them. For a whole container, whose agent queues the prober's pings
+  // while frozen; the prober counts them lost.
+  bool dropUdpQueues = false;
   // Incremental dump (incremental.hpp): store only the pages that differ from this image's.
   std::filesystem::path parent;
   // Keep the tree's pages tracked after this dump / read only the tracked-written pages in an
@@ -85,6 +93,20 @@ struct RestoreOptions {
   // Namespace fds the restorer setns()es into after opening the image's files and before creating
   // the tree (set by the joinNamespacesOf helper; the tree then sees paths without rootPrefix).
   std::vector<int> setnsBeforeTree;
+  // Restore a whole container (dumped with DumpOptions::namespaceRoot) into new pid, mount, IPC
+  // and UTS namespaces: the root is its pid namespace's init again (pid 1), the others keep their
+  // pids; the mounts are made again on `rootfsDir` (the container's root file system, "" = the
+  // one recorded) and the process pivots into it. The network namespace is joined from
+  // `freshNetnsFd` (one a runtime holds) or, if -1, a new one with only loopback (refused if the
+  // dumped one had other interfaces). joinCgroups are entered first. rootPid is a host pid.
+  bool freshNamespaces = false;
+  std::string rootfsDir;
+  int freshNetnsFd = -1;
+  // Internal to the fresh-namespace restore: the root already exists (made by the helper with the
+  // mounts in place): seize this pid instead of cloning it; the time namespace is made already.
+  pid_t seizeRoot = 0;
+  bool timeNamespaceReady = false;
+  uint64_t bootReady = 0;  // the bootstrap page, mapped before the root was cloned
   // Lazy restore (lazy.hpp): private anonymous memory is served on demand by a page server.
   bool lazy = false;
   // Called once the tree runs (lazy: before all pages are in); restoreTree returns when they are.
@@ -99,6 +121,10 @@ struct RestoreResult {
 };
 
 Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const RestoreOptions& opts);
+
+// The namespaces a process is in: {pid|mnt|net|ipc|uts|time: {inode: "mnt:[...]", id: NS_GET_ID}}
+// (id only where the kernel has NS_GET_ID).
+Json describeNamespaces(pid_t pid);
 
 // What an image holds, for `crbench cr show` (verifies every file's checksum on the way).
 Result<Json> describeImage(const std::filesystem::path& dir);

@@ -21,9 +21,11 @@
 
 #include <chrono>
 #include <memory>
+#include <sstream>
 #include <thread>
 #include <utility>
 
+#include "core/fsutil.hpp"
 #include "engine/engine.hpp"
 #include "engine/native/internal.hpp"
 #include "engine/native/native.hpp"
@@ -76,6 +78,7 @@ class NativeEngine : public Engine {
         ctx.mode != kCow && ctx.mode != modes::kIncremental && ctx.mode != modes::kLazy)
       return makeError("native engine: mode " + ctx.mode + " is not supported",
                        "modes: stop-and-copy, leave-running, pre-copy, cow, incremental, lazy", 3);
+    if (freshNs(ctx)) return checkpointWholeContainer(*c, ctx);
     if (ctx.mode == modes::kIncremental) return checkpointIncremental(sandbox, ctx);
     releaseAgent();
     bool precopy = ctx.mode == modes::kPreCopy;
@@ -253,6 +256,7 @@ class NativeEngine : public Engine {
   Result<PhaseReport> restore(Sandbox& sandbox, const CheckpointContext& ctx) override {
     auto* c = dynamic_cast<ContainerSandbox*>(&sandbox);
     if (!c) return makeError("the native engine works on containers only");
+    if (freshNs(ctx)) return restoreFreshNamespaces(*c, ctx);
     PhaseReport rep;
     auto t0 = Clock::now();
     pid_t agent = c->initPid();
@@ -339,6 +343,121 @@ class NativeEngine : public Engine {
   }
 
  private:
+  // --engine-opt fresh_ns=1: the whole container (its init, the agent, and everything under it)
+  // is dumped, and restored into new pid/mount/IPC/UTS namespaces built from the image
+  // (RestoreOptions::freshNamespaces); the network namespace, which the runtime holds with the
+  // veth the prober uses, is joined again.
+  static bool freshNs(const CheckpointContext& ctx) {
+    if (!ctx.options.contains("fresh_ns")) return false;
+    auto& v = ctx.options["fresh_ns"];
+    return v.is_string() ? (v.get<std::string>() == "1" || v.get<std::string>() == "true") : v.is_boolean() && v.get<bool>();
+  }
+  // A control connection (local port 7701) in any state but LISTEN and TIME_WAIT, from the
+  // agent's network namespace's /proc/net/tcp.
+  static bool agentHasOpenControlConnection(pid_t agent) {
+    for (const char* f : {"tcp", "tcp6"}) {
+      auto text = readFile(fmt::format("/proc/{}/net/{}", agent, f));
+      if (!text.ok()) continue;
+      std::istringstream in(*text);
+      std::string line;
+      std::getline(in, line);
+      while (std::getline(in, line)) {
+        std::istringstream ls(line);
+        std::string slot, local, remote, state;
+        ls >> slot >> local >> remote >> state;
+        auto colon = local.rfind(':');
+        if (colon == std::string::npos || std::stoul(local.substr(colon + 1), nullptr, 16) != 7701) continue;
+        if (state != "0A" && state != "06") return true;
+      }
+    }
+    return false;
+  }
+  Result<PhaseReport> checkpointWholeContainer(ContainerSandbox& c, const CheckpointContext& ctx) {
+    if (ctx.mode != modes::kStopAndCopy && ctx.mode != modes::kLeaveRunning)
+      return makeError("native engine: fresh_ns works with stop-and-copy and leave-running only", "",
+                       kUnsupportedExitCode);
+    releaseAgent();
+    bool leave = ctx.mode == modes::kLeaveRunning;
+    pid_t agent = c.initPid();
+    PhaseReport rep;
+    native::DumpOptions o;
+    o.leaveRunning = leave;
+    o.nsReference = agent;
+    o.namespaceRoot = true;
+    o.dropUdpQueues = true;  // the prober's pings queued while frozen: lost, as the prober counts them
+    o.rootPrefix = c.rootDir().string();
+    o.freezeCgroup = c.freezerCgroupDir().string();
+    o.mark = [&](const std::string& e) {
+      if (e == "frozen" || leave) ctx.mark(e);
+    };
+    Json before = native::describeNamespaces(agent);
+    Json pidsInNs = Json::array();
+    for (pid_t p : c.pids().valueOr({})) pidsInNs.push_back(innermostPid(p));
+    // The agent closes a control connection a moment after crbench did: until then it is in
+    // CLOSE_WAIT, which the dump refuses. Wait (bounded) for the agent's side to close.
+    auto settle = Clock::now() + std::chrono::seconds(2);
+    while (Clock::now() < settle && agentHasOpenControlConnection(agent))
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    auto t0 = Clock::now();
+    auto r = native::dumpTree(agent, ctx.imageDir, o);
+    if (!r.ok()) {
+      ctx.mark("resumed");
+      Error e = r.error().context(fmt::format("native engine: dump of container {} from its init {} (left running)",
+                                              c.id(), agent));
+      if (r.error().message.find("unsupported:") != std::string::npos) e.exitCode = kUnsupportedExitCode;
+      return e;
+    }
+    rep.phasesMs.insert(r->phasesMs.begin(), r->phasesMs.end());
+    rep.phasesMs["checkpoint_total"] = msSince(t0);
+    rep.engineFigures = r->toJson();
+    rep.engineFigures["checkpointed"] = "whole container";
+    rep.engineFigures["workload_root_pid"] = 1;
+    rep.engineFigures["namespaces"] = before;
+    rep.engineFigures["pids_in_namespace"] = pidsInNs;
+    rep.notes.push_back("checkpointed the whole container from its init (the agent) for a restore into fresh "
+                        "namespaces");
+    return rep;
+  }
+  Result<PhaseReport> restoreFreshNamespaces(ContainerSandbox& c, const CheckpointContext& ctx) {
+    PhaseReport rep;
+    auto t0 = Clock::now();
+    // Leave-running: the container that ran on goes entirely (its namespaces die with its init).
+    auto now = c.pids();
+    if (now.ok() && !now->empty()) {
+      for (pid_t p : *now) ::kill(p, SIGKILL);
+      auto deadline = Clock::now() + std::chrono::seconds(5);
+      while (c.pids().valueOr({}).size() > 0) {
+        if (Clock::now() > deadline) return makeError("native engine: the container that ran on did not go away within 5 s");
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      rep.phasesMs["replace_running"] = msSince(t0);
+    }
+    auto netns = c.openNetns();
+    if (!netns.ok()) return netns.error().context("native engine: restore into fresh namespaces");
+    native::RestoreOptions o;
+    o.freshNamespaces = true;
+    o.rootfsDir = c.rootDir().string();
+    o.freshNetnsFd = netns->get();
+    o.joinCgroups = {(c.freezerCgroupDir() / "cgroup.procs").string(), (c.pidsCgroupDir() / "cgroup.procs").string()};
+    auto r = native::restoreTree(ctx.imageDir, o);
+    ctx.mark("resumed");
+    if (!r.ok()) return r.error().context("native engine: restore of container " + c.id() + " into fresh namespaces");
+    c.setInitPid(r->rootPid);
+    rep.phasesMs.insert(r->phasesMs.begin(), r->phasesMs.end());
+    rep.phasesMs["restore_total"] = msSince(t0);
+    Json pidsInNs = Json::array();
+    for (pid_t p : c.pids().valueOr({})) pidsInNs.push_back(innermostPid(p));
+    rep.engineFigures = {{"processes", r->processes},
+                         {"threads", r->threads},
+                         {"pages_restored", r->pagesRestored},
+                         {"restored_root_pid", 1},
+                         {"restored_init_host_pid", r->rootPid},
+                         {"namespaces", native::describeNamespaces(r->rootPid)},
+                         {"pids_in_namespace", pidsInNs},
+                         {"restored_into", "new pid/mnt/ipc/uts namespaces (mounts, host name recreated); the "
+                                           "runtime's network namespace joined again"}};
+    return rep;
+  }
   // Mode incremental (issue #9): a full dump that leaves the workload running (into
   // <image>/base), the workload runs on for `incremental_delay_ms` (default 1000), then a
   // stop-and-copy dump that stores only the pages that changed (--parent base); the restore reads

@@ -296,7 +296,10 @@ Status Seizure::killAll(const std::function<void()>& reap) {
     for (pid_t p : order) guard_->forget(p);
   // As their tracer we must collect each dead thread before its parent can: non-leaders first,
   // a group leader is reported only after the rest of its group.
-  std::stable_partition(seized_.begin(), seized_.end(), [&](pid_t t) { return !procs.count(t); });
+  auto leaders = std::stable_partition(seized_.begin(), seized_.end(), [&](pid_t t) { return !procs.count(t); });
+  // Children before parents: a pid namespace's init that is killed waits for every process in
+  // its namespace, so waiting for it first (a whole container) would never return.
+  std::reverse(leaders, seized_.end());
   for (pid_t t : seized_) {
     int st;
     while (::waitpid(t, &st, __WALL) < 0 && errno == EINTR) {

@@ -5,6 +5,7 @@
 // process dies with crbench (PTRACE_O_EXITKILL) and is killed on any error: no half-restored
 // process survives a failed restore.
 #include <fcntl.h>
+#include <poll.h>
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
@@ -138,6 +139,23 @@ pid_t setTidFor(const RestoreCtx& c, const ProcessState& ps) {
 }
 
 Status Restorer::createRoot(const ProcessState& root) {
+  if (c_.opts.seizeRoot > 0 && &root == &c_.tree.procs[0]) {
+    // Fresh namespaces: the root exists (pid 1, its mounts made), blocked in a read; the
+    // interrupt stop is where the injections start (they clear the read's restart).
+    pid_t pid = c_.opts.seizeRoot;
+    long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_EXITKILL;
+    if (pid != root.pid) return makeError(fmt::format("the new namespace's init is pid {}, the image's root {}", pid, root.pid));
+    if (::ptrace(PTRACE_SEIZE, pid, nullptr, reinterpret_cast<void*>(opts)) != 0)
+      return sysError("seize the new namespace's init", errno);
+    c_.result.rootPid = pid;
+    c_.traced.push_back(pid);
+    if (::ptrace(PTRACE_INTERRUPT, pid, nullptr, nullptr) != 0) return sysError("interrupt the new namespace's init", errno);
+    CRB_ASSIGN(int st, waitStopped(pid));
+    if ((st >> 16) != PTRACE_EVENT_STOP) return makeError(fmt::format("the new namespace's init stopped with status {:#x}", st));
+    // It shares our fd table (CLONE_FILES): its own copy now holds every file opened for the tree.
+    CRB_CHECK(c_.inj(pid).check("unshare the fd table", SYS_unshare, CLONE_FILES));
+    return success();
+  }
   CloneArgs a{};
   pid_t want = setTidFor(c_, root);
   a.flags = uint64_t(c_.opts.cloneNamespaces);
@@ -219,14 +237,18 @@ Status Restorer::run() {
   CRB_CHECK(openFilesForRestore(c_, blobs, true));
   CRB_CHECK(blobs.verifyComplete());
   CRB_CHECK(openMappedFiles(c_));
-  CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
+  if (c_.opts.bootReady) {
+    c_.boot = c_.opts.bootReady;
+  } else {
+    CRB_ASSIGN(c_.boot, chooseBoot(c_.tree));
+  }
   CRB_CHECK(prepareSysvIpc(c_));
   for (int fd : c_.opts.setnsBeforeTree)
     if (::setns(fd, 0) != 0) return sysError("join the target's namespaces (setns)", errno);
   CRB_CHECK(createUnixSockets(c_));
   CRB_CHECK(restoreSysvIpc(c_));
   CRB_CHECK(restorePosixMqueues(c_));
-  CRB_CHECK(enterTimeNamespace(c_));  // namespaces.cpp: the tree's clocks carry on
+  if (!c_.opts.timeNamespaceReady) CRB_CHECK(enterTimeNamespace(c_));  // namespaces.cpp: the tree's clocks carry on
   c_.result.phasesMs["prepare"] = msSince(t0);
 
   auto t1 = Clock::now();
@@ -402,8 +424,180 @@ static Result<RestoreResult> restoreInNamespaces(const std::filesystem::path& di
   return r;
 }
 
+// Restore a whole container into new namespaces (RestoreOptions::freshNamespaces). A helper
+// forked from crbench joins the cgroups, makes the time namespace and a new pid namespace for its
+// children, and clones the root into new mount/IPC/UTS (and net) namespaces: the root, pid 1
+// there, makes the mounts recorded at dump, pivots into the container's root and blocks. The
+// helper's second child, the restorer, is created in the new pid namespace (under a pid the image
+// does not use) so that the image's pids are its pids; it joins the root's namespaces once the
+// image's files are open and restores the tree from the root, which it seizes. The root's parent
+// is the helper; when the helper exits, it is reparented like any daemon.
+static Result<RestoreResult> restoreInFreshNamespaces(const std::filesystem::path& dir, const RestoreOptions& opts) {
+  CRB_ASSIGN(auto plan, loadFreshNsPlan(dir, opts.rootfsDir));
+  if (opts.freshNetnsFd < 0 && !freshNsOtherInterface(*plan).empty())
+    return makeError(fmt::format("unsupported: the dumped network namespace had interface {}, which a new network "
+                                 "namespace does not recreate (only loopback)", freshNsOtherInterface(*plan)),
+                     "restore into a network namespace the runtime holds (freshNetnsFd)");
+  Json inv;
+  CRB_ASSIGN(TreeState tree, loadTree(dir, &inv));
+  if (tree.procs.empty() || tree.procs[0].pid != 1)
+    return makeError(fmt::format("image {}: its root is pid {}, not the init of its pid namespace", dir.string(),
+                                 tree.procs.empty() ? 0 : tree.procs[0].pid),
+                     "only a whole container (dumped from its init) can be restored into fresh namespaces");
+  pid_t tracerPid = 1;
+  for (auto& ps : tree.procs) {
+    tracerPid = std::max(tracerPid, ps.pid);
+    for (auto& t : ps.threads) tracerPid = std::max(tracerPid, t.tid);
+  }
+  tracerPid += 1;
+  Fd dirFd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!dirFd.valid()) return sysError("open image directory " + dir.string(), errno);
+  int pfd[2], ready[2], hold[2];
+  if (::pipe2(pfd, O_CLOEXEC) != 0 || ::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(hold, O_CLOEXEC) != 0)
+    return sysError("pipe", errno);
+  Fd rd(pfd[0]), wr(pfd[1]), readyRd(ready[0]), readyWr(ready[1]), holdRd(hold[0]), holdWr(hold[1]);
+  pid_t outer = ::fork();
+  if (outer < 0) return sysError("fork the restore helper", errno);
+  if (outer == 0) {
+    rd.reset();
+    auto fail = [&](const std::string& what) {
+      std::string msg = Json{{"error", what}}.dump();
+      (void)!::write(wr.get(), msg.data(), msg.size());
+      ::_exit(1);
+    };
+    for (auto& f : opts.joinCgroups) {
+      Fd cg(::open(f.c_str(), O_WRONLY | O_CLOEXEC));
+      std::string me = std::to_string(::getpid());
+      if (!cg.valid() || ::write(cg.get(), me.data(), me.size()) != ssize_t(me.size()))
+        fail(fmt::format("join cgroup {}: {}", f, std::strerror(errno)));
+    }
+    RestoreCtx tc;
+    tc.dir = dir;
+    if (auto st = enterTimeNamespace(tc); !st.ok()) fail(st.error().message);
+    // The bootstrap page exists before the root is cloned, so the root and the restorer share it.
+    auto boot = chooseBoot(tree);
+    if (!boot.ok()) fail(boot.error().message);
+    if (::unshare(CLONE_NEWPID) != 0) fail(fmt::format("create a pid namespace: {}", std::strerror(errno)));
+    CloneArgs a{};
+    // The root, the helper and the restorer share one fd table: the files the restorer opens for
+    // the tree are the root's too (it takes its own copy once seized), as a cloned root's would be.
+    a.flags = CLONE_FILES | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (opts.freshNetnsFd < 0 ? CLONE_NEWNET : 0);
+    a.exit_signal = SIGCHLD;
+    long root = ::syscall(SYS_clone3, &a, sizeof a);
+    if (root == 0) {
+      const char* step = "";
+      int rc = runFreshNsPlan(*plan, opts.freshNetnsFd, &step);
+      char msg[160];
+      int n = rc == 0 ? std::snprintf(msg, sizeof msg, "ok")
+                      : std::snprintf(msg, sizeof msg, "%s: %s", step, std::strerror(-rc));
+      (void)!::write(readyWr.get(), msg, size_t(n));
+      if (rc != 0) ::_exit(1);
+      char c;
+      for (;;) (void)!::read(holdRd.get(), &c, 1);
+    }
+    if (root < 0) fail(fmt::format("clone the new namespaces' init: {}", std::strerror(errno)));
+    // (The root shares this fd table: closing our write end would close its own.)
+    char msg[160] = {};
+    ssize_t n = 0;
+    for (;;) {
+      pollfd pf{readyRd.get(), POLLIN, 0};
+      if (::poll(&pf, 1, 100) > 0) {
+        n = ::read(readyRd.get(), msg, sizeof msg - 1);
+        break;
+      }
+      if (::waitpid(pid_t(root), nullptr, WNOHANG) == pid_t(root)) break;
+    }
+    if (n != 2 || std::string(msg, 2) != "ok") {
+      ::kill(pid_t(root), SIGKILL);
+      ::waitpid(pid_t(root), nullptr, 0);
+      fail(fmt::format("set up the fresh namespaces: {}", n > 0 ? std::string(msg, size_t(n)) : "the init died"));
+    }
+    CloneArgs t{};
+    t.flags = CLONE_FILES;
+    t.exit_signal = SIGCHLD;
+    t.set_tid = reinterpret_cast<uint64_t>(&tracerPid);
+    t.set_tid_size = 1;
+    long tracer = ::syscall(SYS_clone3, &t, sizeof t);
+    if (tracer == 0) {
+      std::vector<Fd> ns;
+      for (const char* name : {"mnt", "net", "ipc", "uts"}) {
+        ns.emplace_back(::open(fmt::format("/proc/{}/ns/{}", root, name).c_str(), O_RDONLY | O_CLOEXEC));
+        if (!ns.back().valid()) fail(fmt::format("open /proc/{}/ns/{}: {}", root, name, std::strerror(errno)));
+      }
+      RestoreOptions o = opts;
+      o.freshNamespaces = false;
+      o.joinCgroups.clear();
+      o.seizeRoot = 1;
+      o.timeNamespaceReady = true;
+      o.bootReady = *boot;
+      o.setnsBeforeTree = {ns[0].get(), ns[1].get(), ns[2].get(), ns[3].get()};
+      o.netnsFd = ns[1].get();
+      o.rootPrefix = fmt::format("/proc/{}/root", root);
+      auto r = restoreTree(fmt::format("/proc/self/fd/{}", dirFd.get()), o);
+      Json j;
+      if (r.ok())
+        j = {{"root_pid", root}, {"phases_ms", r->phasesMs}, {"processes", r->processes}, {"threads", r->threads},
+             {"pages_restored", r->pagesRestored}};
+      else
+        j = {{"error", r.error().message}, {"hint", r.error().hint}};
+      std::string out = j.dump();
+      (void)!::write(wr.get(), out.data(), out.size());
+      ::_exit(r.ok() ? 0 : 1);
+    }
+    int st = 0;
+    if (tracer > 0) ::waitpid(pid_t(tracer), &st, 0);
+    bool ok = tracer > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    if (!ok) {
+      // The restorer is gone without a tree (its tracees died with it): so goes the init.
+      ::kill(pid_t(root), SIGKILL);
+      ::waitpid(pid_t(root), nullptr, 0);
+      if (tracer < 0) fail(fmt::format("create the restorer in the new pid namespace (pid {}): {}", tracerPid,
+                                       std::strerror(errno)));
+    }
+    ::_exit(ok ? 0 : 1);
+  }
+  wr.reset();
+  readyWr.reset();
+  holdRd.reset();
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(rd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, size_t(n));
+  }
+  int st = 0;
+  while (::waitpid(outer, &st, 0) < 0 && errno == EINTR) {
+  }
+  auto j = Json::parse(out, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return makeError(fmt::format("the restore helper died without a result ({})",
+                                 WIFSIGNALED(st) ? fmt::format("signal {}", WTERMSIG(st)) : fmt::format("status {}", WEXITSTATUS(st))));
+  if (j.contains("error")) return makeError(j.value("error", ""), j.value("hint", ""));
+  RestoreResult r;
+  r.rootPid = j.value("root_pid", -1);
+  r.phasesMs = j.value("phases_ms", std::map<std::string, double>{});
+  r.processes = j.value("processes", 0ull);
+  r.threads = j.value("threads", 0ull);
+  r.pagesRestored = j.value("pages_restored", 0ull);
+  return r;
+}
+
 Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const RestoreOptions& opts) {
   if (::geteuid() != 0) return makeError("the native engine needs root (ptrace, clone3 set_tid)", "run as root");
+  if (opts.freshNamespaces) {
+    // The dump's DROP rules live in the dumped network namespace: gone with it, or in the one
+    // the runtime holds and the tree joins again.
+    // Through our pid: the path is opened by a helper program (nsenter), not by us.
+    std::string nsPath = opts.freshNetnsFd >= 0 ? fmt::format("/proc/{}/fd/{}", ::getpid(), opts.freshNetnsFd) : "";
+    auto early = nsPath.empty() ? success() : unlockTcp(dir, nsPath, UnlockWhich::InTreePairs);
+    auto r = early.ok() ? restoreInFreshNamespaces(dir, opts) : Result<RestoreResult>(early.error());
+    auto u = nsPath.empty() ? success() : unlockTcp(dir, nsPath, UnlockWhich::OutsidePeers);
+    if (r.ok() && !u.ok()) return u.error();
+    if (!r.ok()) return r.error().context("restore from " + dir.string() + " into fresh namespaces");
+    return r;
+  }
   // Either way the dump's netfilter rules go: the copy's TCP connections may talk again, or, the
   // restore having failed, nothing is left behind (those connections are lost with the tree).
   if (opts.joinNamespacesOf > 0) {

@@ -15,12 +15,13 @@
 // (through a /proc/sys/kernel opened before the mount namespace changed: the ipc sysctls answer for
 // the opener's IPC namespace). A segment that was IPC_RMID'd while attached is held by the
 // restorer until every process attached it again, then removed. Attaches are injected shmat()s at
-// the recorded addresses. Semaphore undo values (SEM_UNDO) are not visible to crbench: a tree with
-// adjustments pending loses them (documented gap).
+// the recorded addresses. Semaphore undo values (SEM_UNDO) are not visible to crbench: a process
+// with an undo list is refused by name (refuseSemUndo).
 #include "engine/native/sysv_ipc.hpp"
 
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/msg.h>
@@ -28,12 +29,14 @@
 #include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <thread>
 
 #include "core/fsutil.hpp"
@@ -166,6 +169,65 @@ bool dumpSysvShmVma(DumpCtx& c, pid_t pid, const MapsLine& m, Vma& v) {
   return true;
 }
 
+// SEM_UNDO adjustments live in a per-process undo list the kernel does not show (no /proc file,
+// no semctl command); kcmp(KCMP_SYSVSEM) only tells whether a process has such a list (crbench
+// has none). Applying it to read it (unshare(CLONE_SYSVSEM)) would run other processes' blocked
+// semops, so a process with one is refused, naming the sets it last operated on (GETPID). Runs
+// in the tree's IPC namespace.
+static void refuseSemUndo(DumpCtx& c) {
+  // The reference without a list: a forked child (crbench's threads were cloned with
+  // CLONE_SYSVSEM, which gives a process an empty list; so do a tree's threads).
+  pid_t ref = ::fork();
+  if (ref == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  if (ref < 0) {
+    c.refuse("SysV semaphore undo state: cannot fork a reference process to compare with");
+    return;
+  }
+  std::vector<std::pair<pid_t, pid_t>> holders;  // (pid, tid) with an undo list
+  std::set<pid_t> threaded;
+  for (auto& ps : c.tree.procs) {
+    if (ps.zombie) continue;
+    if (ps.threads.size() > 1) threaded.insert(ps.pid);
+    for (auto& t : ps.threads)
+      if (::syscall(SYS_kcmp, t.tid, ref, 6 /*KCMP_SYSVSEM*/, 0, 0) != 0) {
+        holders.push_back({ps.pid, t.tid});
+        break;
+      }
+  }
+  ::kill(ref, SIGKILL);
+  ::waitpid(ref, nullptr, 0);
+  if (holders.empty()) return;
+  seminfo sinfo{};
+  int maxSem = ::semctl(0, 0, SEM_INFO, &sinfo);
+  for (auto [pid, tid] : holders) {
+    std::string sets, all;
+    for (int i = 0; i <= maxSem; i++) {
+      semid_ds ds{};
+      int id = ::semctl(i, 0, SEM_STAT_ANY, &ds);
+      if (id < 0) continue;
+      std::string name = fmt::format("id {} (key {:#x})", id, uint32_t(ds.sem_perm.__key));
+      all += (all.empty() ? "" : ", ") + name;
+      for (unsigned k = 0; k < ds.sem_nsems; k++) {
+        int last = ::semctl(id, int(k), GETPID);
+        if (last == pid || last == tid) {
+          sets += (sets.empty() ? "" : ", ") + name;
+          break;
+        }
+      }
+    }
+    if (all.empty()) continue;  // every set is gone: the list has nothing left to undo
+    // A multi-threaded process has a list from its first thread on, mostly empty: refused only
+    // when it operated on a set last.
+    if (threaded.count(pid) && sets.empty()) continue;
+    c.refuse(fmt::format("SysV semaphore undo adjustments (SEM_UNDO) of pid {}, which the kernel does not expose and "
+                         "a restore would lose; semaphore set(s) {}",
+                         c.imagePid(pid), !sets.empty() ? "it last operated on: " + sets : "it may hold them on: " + all));
+  }
+}
+
 Status dumpSysvIpc(DumpCtx& c) {
   if (c.tree.procs.empty()) return success();
   pid_t root = c.seizure && !c.seizure->order.empty() ? c.seizure->order[0] : c.tree.procs[0].pid;
@@ -197,7 +259,10 @@ Status dumpSysvIpc(DumpCtx& c) {
         j++;
       if (!cont) runs.push_back({ps.pid, v.object, v.start, v.pgoff == 0 ? ps.vmas[j].end - v.start : 0});
     }
-  if (!img.wholeNamespace && attaches.empty()) return success();
+  if (!img.wholeNamespace && attaches.empty()) {
+    refuseSemUndo(c);
+    return success();
+  }
   CRB_ASSIGN(auto data, ImageWriter::create(c.dir, kIpcData));
   Status body = inIpcNamespace(root, [&]() -> Status {
     shm_info si{};
@@ -233,6 +298,7 @@ Status dumpSysvIpc(DumpCtx& c) {
       for (auto& s : img.shm) found = found || s.perm.id == id;
       if (!found) c.refuse(fmt::format("SysV shm segment id {} attached by the tree but not listed by shmctl", id));
     }
+    refuseSemUndo(c);
     if (!img.wholeNamespace) return success();
     seminfo sinfo{};
     int maxSem = ::semctl(0, 0, SEM_INFO, &sinfo);
