@@ -284,6 +284,34 @@ def test_known_gap_is_refused_by_name(mode, tmp_path):
             os.close(master)
 
 
+# /dev/tty and /dev/console opened above fd 0-2 (where they are the restorer's stdio) are not
+# restored yet: the dump refuses them by path and the tree keeps running.
+TERMINAL_FILES = {
+    "dev-console": 'fd = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)',
+    # /dev/tty needs a controlling terminal: a pty pair inside the tree, the child its session.
+    "dev-tty": 'pid, m = pty.fork()\nif pid == 0:\n    fd = os.open("/dev/tty", os.O_RDWR)',
+}
+
+
+@pytest.mark.parametrize("mode", sorted(TERMINAL_FILES))
+def test_terminal_file_above_stdio_is_refused_by_name(mode, tmp_path):
+    need_root()
+    path = "/dev/" + mode[4:]
+    if not Path(path).exists():
+        pytest.skip(f"{path} does not exist here")
+    code = "import os, pty, time\n" + TERMINAL_FILES[mode] + '\nprint("READY", flush=True)\ntime.sleep(120)\n'
+    p, log = start(["/usr/bin/python3", "-c", code], tmp_path)
+    try:
+        wait_for(log, "READY")
+        d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img")
+        assert d.returncode != 0, "the dump of an open " + path + " above fd 2 succeeded"
+        assert f"({path})" in d.stderr, d.stderr
+        assert p.poll() is None, "the refused dump left the tree dead"
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+
+
 def test_clocks_carry_on_in_a_time_namespace(tmp_path):
     """A second passes between dump and restore, twice (the restored tree, in its own time
     namespace, is dumped again): the tree's CLOCK_MONOTONIC and CLOCK_BOOTTIME carry on from where
