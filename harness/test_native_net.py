@@ -284,12 +284,10 @@ def test_known_gap_is_refused_by_name(mode, tmp_path):
             os.close(master)
 
 
-# /dev/tty and /dev/console opened above fd 0-2 (where they are the restorer's stdio) are not
-# restored yet: the dump refuses them by path and the tree keeps running.
+# /dev/console opened above fd 0-2 (where it is the restorer's stdio) is not restored yet: the dump
+# refuses it by path and the tree keeps running. (/dev/tty without a controlling pty of the tree too.)
 TERMINAL_FILES = {
     "dev-console": 'fd = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)',
-    # /dev/tty needs a controlling terminal: a pty pair inside the tree, the child its session.
-    "dev-tty": 'pid, m = pty.fork()\nif pid == 0:\n    fd = os.open("/dev/tty", os.O_RDWR)',
 }
 
 
@@ -310,6 +308,58 @@ def test_terminal_file_above_stdio_is_refused_by_name(mode, tmp_path):
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=10)
+
+
+# /dev/tty above fd 2 in a session whose controlling terminal is a pty of the tree: the child
+# (session leader on the slave) writes through its /dev/tty fd after restore; the parent, holding
+# the master, must read it.
+DEV_TTY = r"""
+import fcntl, os, pty, select, sys, time
+go = sys.argv[1]
+pid, m = pty.fork()
+if pid == 0:
+    fd = os.open("/dev/tty", os.O_RDWR)
+    assert fd > 2
+    while not os.path.exists(go):
+        time.sleep(0.02)
+    ok = os.readlink(f"/proc/self/fd/{fd}") == "/dev/tty" and \
+        fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+    os.write(fd, b"VIA-DEV-TTY ok\n" if ok else b"VIA-DEV-TTY bad\n")
+    time.sleep(60)
+    os._exit(0)
+print("READY", pid, flush=True)
+seen = b""
+end = time.monotonic() + 20
+while b"\n" not in seen.partition(b"VIA-DEV-TTY")[2] and time.monotonic() < end:
+    if select.select([m], [], [], 0.05)[0]:
+        seen += os.read(m, 4096)
+print("PASS" if b"VIA-DEV-TTY ok" in seen else "FAIL " + repr(seen), flush=True)
+os.kill(pid, 9)
+"""
+
+
+def test_dev_tty_above_stdio_is_reopened_on_the_restored_terminal(tmp_path):
+    need_root()
+    go = tmp_path / "go"
+    p, log = start(["/usr/bin/python3", "-c", DEV_TTY, str(go)], tmp_path)
+    child = None
+    try:
+        wait_for(log, "READY")
+        child = int(log.read_text().split()[1])
+        d = cr("dump", "--tree", p.pid, "--images", tmp_path / "img")
+        assert d.returncode == 0, d.stderr + log.read_text()
+        p.wait(timeout=10)
+        go.touch()
+        r = cr("restore", "--images", tmp_path / "img")
+        out = log.read_text()
+        assert r.returncode == 0 and "PASS" in out, f"restore: {r.stderr}\nprogram: {out}"
+    finally:
+        for pid in (p.pid, child):
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def test_clocks_carry_on_in_a_time_namespace(tmp_path):

@@ -191,6 +191,11 @@ Status dumpFiles(DumpCtx& c) {
           p.writerInTree = true;
         }
         if (!c.pipeAny.count(pid)) c.pipeAny[pid] = {ps.pid, fd};
+      } else if (S_ISCHR(st.st_mode) && major(st.st_rdev) == 5 && minor(st.st_rdev) == 0 && !stdio) {
+        // /dev/tty names the caller's controlling terminal: reopened inside the restored process
+        // once it has it again (tty.cpp); finishTtys() refuses it when that terminal is not ours.
+        f.kind = "devtty";
+        f.path = link;
       } else if (dumpInetSocket(c, ps.pid, fd, st, f, what)) {
       } else if (dumpTtyFile(c, ps.pid, fd, path, st, f, what)) {
       } else if (S_ISSOCK(st.st_mode) && dumpUnixSocketFd(c, ps.pid, fd, f, what)) {
@@ -298,7 +303,11 @@ Status openFilesForRestore(RestoreCtx& c, RawImageReader& blobs, bool memfdPass)
     std::string what = f.kind + " " + f.path;
     int fd = -1;
     int openFlags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
-    if (f.kind == "reg" || f.kind == "dir" || f.kind == "dev") {
+    if (f.kind == "devtty") {
+      // A placeholder at the fd's number; restoreDevTty() swaps in the real /dev/tty.
+      fd = ::open("/dev/null", O_RDWR);
+      if (fd < 0) return sysError("open /dev/null (placeholder for /dev/tty)", errno);
+    } else if (f.kind == "reg" || f.kind == "dir" || f.kind == "dev") {
       std::string p = f.outsideRoot ? f.path : pathInTree(c.opts.rootPrefix, f.path);
       fd = ::open(p.c_str(), openFlags);
       if (fd < 0) return sysError("reopen " + p, errno);

@@ -196,6 +196,7 @@ bool isTtyKind(const std::string& kind);
 Result<int> openTtyFile(RestoreCtx& c, const FileDesc& f);
 Status takeControllingTty(RestoreCtx& c, const ProcessState& ps);     // right after setsid
 Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps);  // after restoreFdTable
+Status restoreDevTty(RestoreCtx& c, const ProcessState& ps);          // after restoreControllingTty
 // unix_sockets.cpp: per fd (false: not a unix socket), after all fds, and the restore (run in
 // the tree's network and mount namespaces, before the tree is created).
 bool dumpUnixSocketFd(DumpCtx& c, pid_t pid, int fd, FileDesc& f, const std::string& what);

@@ -273,6 +273,7 @@ Status Restorer::run() {
     CRB_CHECK(restoreFdTable(c_, ps));
     CRB_CHECK(restoreEpollWatches(c_, ps));
     CRB_CHECK(restoreControllingTty(c_, ps));
+    CRB_CHECK(restoreDevTty(c_, ps));
     CRB_CHECK(restoreMemory(c_, ps, pages));
     CRB_CHECK(restoreProcessAttrs(c_, ps));
     CRB_CHECK(restoreSignals(c_, ps));

@@ -111,6 +111,29 @@ void finishTtys(DumpCtx& c) {
     ps.ctty = found;
     ps.ttyPgrp = tpgid > 0 ? c.imagePid(tpgid) : 0;
   }
+  // /dev/tty above fd 2: its holder's session leader must be in the tree with a pty of the tree as
+  // controlling terminal (restored above), and the description must not be shared: each fd gets
+  // its own open at restore, so a shared one would come back as several.
+  for (auto& f : c.tree.files) {
+    if (f.kind != "devtty") continue;
+    auto [pid, at] = c.fileRep.at(f.id);
+    std::string what = fmt::format("fd {} of pid {} (/dev/tty)", at, pid);
+    int uses = 0;
+    pid_t sid = 0;
+    for (auto& ps : c.tree.procs)
+      for (auto& e : ps.fds)
+        if (e.file == f.id) {
+          ++uses;
+          sid = ps.sid;
+        }
+    const ProcessState* leader = nullptr;
+    for (auto& ps : c.tree.procs)
+      if (ps.pid == sid) leader = &ps;
+    if (!leader || leader->ctty < 0)
+      c.refuse(what + ": its controlling terminal is not a pty whose session leader and master are in the tree");
+    else if (uses != 1)
+      c.refuse(fmt::format("{}: the open /dev/tty is shared by {} fds (only one is restored)", what, uses));
+  }
 }
 
 bool isTtyKind(const std::string& kind) { return kind == "ptmx" || kind == "pts"; }
@@ -191,6 +214,28 @@ Status restoreControllingTty(RestoreCtx& c, const ProcessState& ps) {
     CRB_CHECK(writeMem(ps.pid, c.scratch(), &pg, sizeof pg));
     CRB_CHECK(inj.check(fmt::format("TIOCSPGRP {} for session {}", pg, ps.pid), SYS_ioctl, uint64_t(fd), TIOCSPGRP,
                         c.scratch()));
+  }
+  return success();
+}
+
+// After restoreFdTable(), the process has its controlling terminal (taken by its session leader
+// before it was cloned): open /dev/tty inside it, so that the kernel ties the file to that
+// terminal, and move it over the placeholder.
+Status restoreDevTty(RestoreCtx& c, const ProcessState& ps) {
+  for (auto& e : ps.fds) {
+    const FileDesc* f = nullptr;
+    for (auto& d : c.tree.files)
+      if (d.id == e.file) f = &d;
+    if (!f || f->kind != "devtty") continue;
+    auto inj = c.inj(ps.pid);
+    static const char kPath[] = "/dev/tty";
+    CRB_CHECK(writeMem(ps.pid, c.scratch(), kPath, sizeof kPath));
+    int flags = (f->flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | O_NOCTTY;
+    std::string what = fmt::format("/dev/tty at fd {} of pid {}", e.fd, ps.pid);
+    CRB_ASSIGN(long nfd, inj.call(SYS_openat, uint64_t(AT_FDCWD), c.scratch(), uint64_t(flags), 0));
+    if (nfd < 0) return sysError("open " + what + " inside the process", int(-nfd));
+    CRB_CHECK(inj.check("dup3 " + what, SYS_dup3, uint64_t(nfd), uint64_t(e.fd), e.cloexec ? O_CLOEXEC : 0));
+    CRB_CHECK(inj.check("close the temporary fd of " + what, SYS_close, uint64_t(nfd)));
   }
   return success();
 }
