@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import time
+import signal
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,32 @@ def ok_record(p):
         raise AssertionError(f"no JSON record (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
     assert p.returncode == 0 and rec["status"] == "ok", rec.get("error")
     return rec
+
+
+_started = []
+
+
+def start_program(argv, tmp_path):
+    """Start a test program in its own session, output to tmp_path/out.log; killed after the test."""
+    log = tmp_path / "out.log"
+    with open(log, "w") as f:
+        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, close_fds=True)
+    _started.append(p)
+    return p, log
+
+
+@pytest.fixture(autouse=True)
+def kill_started_programs():
+    """A failing test must not leave its program running (or a restored copy of it, or a child it
+    forked: the whole session goes)."""
+    yield
+    while _started:
+        p = _started.pop()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if p.poll() is None:
+            p.kill()
+        p.wait()

@@ -5,33 +5,9 @@ between the dumps and checks every byte of every page after the restore."""
 import json
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
-import pytest
-
-from conftest import cr, need_root, ok_record, prog, require_container_support, run_crbench, wait_for
-
-_started = []
-
-
-@pytest.fixture(autouse=True)
-def kill_leftovers():
-    yield
-    while _started:
-        p = _started.pop()
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-def start(argv, tmp_path):
-    log = tmp_path / "out.log"
-    with open(log, "w") as f:
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, close_fds=True)
-    _started.append(p)
-    return p, log
+from conftest import start_program as start, cr, need_root, ok_record, prog, require_container_support, run_crbench, wait_for
 
 
 def dump(p, img, *extra, leave=True):

@@ -13,30 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (cr, crbench_bin, need_root, ok_record, prog, require_container_support, run_crbench,
+from conftest import (start_program as start, cr, crbench_bin, need_root, ok_record, prog, require_container_support, run_crbench,
                       wait_for)
 
-_started = []
 PR_SET_CHILD_SUBREAPER = 36
-
-
-@pytest.fixture(autouse=True)
-def kill_leftovers():
-    yield
-    while _started:
-        p = _started.pop()
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-def start(argv, tmp_path):
-    log = tmp_path / "out.log"
-    with open(log, "w") as f:
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, close_fds=True)
-    _started.append(p)
-    return p, log
 
 
 def dumped(tmp_path, size_mib, *extra):

@@ -12,34 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cr, crbench_bin, need_root, ok_record, prog, require_container_support, run_crbench, wait_for
-
-
-_started = []
-
-
-@pytest.fixture(autouse=True)
-def kill_leftovers():
-    """A failing test must not leave its program running (or a restored copy of it)."""
-    yield
-    while _started:
-        p = _started.pop()
-        try:
-            os.killpg(p.pid, signal.SIGKILL)  # its own session: a forked writer (shared kinds) goes too
-        except ProcessLookupError:
-            pass
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
-
-def start(argv, tmp_path):
-    log = tmp_path / "out.log"
-    with open(log, "w") as f:
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, close_fds=True)
-    _started.append(p)
-    return p, log
+from conftest import start_program as start, cr, crbench_bin, need_root, ok_record, prog, require_container_support, run_crbench, wait_for
 
 
 def wp_ranges(pid):
