@@ -330,6 +330,26 @@ Status Restorer::run() {
 }
 }  // namespace
 
+// Reap the restore helper and read the JSON result (or error) it sent back.
+static Result<RestoreResult> helperResult(pid_t outer, const std::string& out) {
+  int st = 0;
+  while (::waitpid(outer, &st, 0) < 0 && errno == EINTR) {
+  }
+  auto j = Json::parse(out, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return makeError(fmt::format("the restore helper died without a result ({})",
+                                 WIFSIGNALED(st) ? fmt::format("signal {}", WTERMSIG(st)) : fmt::format("status {}", WEXITSTATUS(st))));
+  if (j.contains("error")) return makeError(j.value("error", ""), j.value("hint", ""));
+  RestoreResult r;
+  r.rootPid = j.value("root_pid", -1);
+  r.phasesMs = j.value("phases_ms", std::map<std::string, double>{});
+  r.processes = j.value("processes", 0ull);
+  r.threads = j.value("threads", 0ull);
+  r.pagesRestored = j.value("pages_restored", 0ull);
+  if (j.contains("lazy")) r.lazy = j["lazy"];
+  return r;
+}
+
 // Restore into a running process's namespaces (see RestoreOptions::joinNamespacesOf). Two forks
 // of crbench: the first joins the target's cgroups and its pid namespace for its children, the
 // second (the restorer, a pid in that namespace, single-threaded) runs the restore and sends the
@@ -407,22 +427,7 @@ static Result<RestoreResult> restoreInNamespaces(const std::filesystem::path& di
       if (line.is_object() && line.contains("resumed") && opts.onResumed) opts.onResumed();
     }
   }
-  int st = 0;
-  while (::waitpid(outer, &st, 0) < 0 && errno == EINTR) {
-  }
-  auto j = Json::parse(out, nullptr, false);
-  if (j.is_discarded() || !j.is_object())
-    return makeError(fmt::format("the restore helper died without a result ({})",
-                                 WIFSIGNALED(st) ? fmt::format("signal {}", WTERMSIG(st)) : fmt::format("status {}", WEXITSTATUS(st))));
-  if (j.contains("error")) return makeError(j.value("error", ""), j.value("hint", ""));
-  RestoreResult r;
-  r.rootPid = j.value("root_pid", -1);
-  r.phasesMs = j.value("phases_ms", std::map<std::string, double>{});
-  r.processes = j.value("processes", 0ull);
-  r.threads = j.value("threads", 0ull);
-  r.pagesRestored = j.value("pages_restored", 0ull);
-  if (j.contains("lazy")) r.lazy = j["lazy"];
-  return r;
+  return helperResult(outer, out);
 }
 
 // Restore a whole container into new namespaces (RestoreOptions::freshNamespaces). A helper
@@ -568,21 +573,7 @@ static Result<RestoreResult> restoreInFreshNamespaces(const std::filesystem::pat
     if (n <= 0) break;
     out.append(buf, size_t(n));
   }
-  int st = 0;
-  while (::waitpid(outer, &st, 0) < 0 && errno == EINTR) {
-  }
-  auto j = Json::parse(out, nullptr, false);
-  if (j.is_discarded() || !j.is_object())
-    return makeError(fmt::format("the restore helper died without a result ({})",
-                                 WIFSIGNALED(st) ? fmt::format("signal {}", WTERMSIG(st)) : fmt::format("status {}", WEXITSTATUS(st))));
-  if (j.contains("error")) return makeError(j.value("error", ""), j.value("hint", ""));
-  RestoreResult r;
-  r.rootPid = j.value("root_pid", -1);
-  r.phasesMs = j.value("phases_ms", std::map<std::string, double>{});
-  r.processes = j.value("processes", 0ull);
-  r.threads = j.value("threads", 0ull);
-  r.pagesRestored = j.value("pages_restored", 0ull);
-  return r;
+  return helperResult(outer, out);
 }
 
 Result<RestoreResult> restoreTree(const std::filesystem::path& dir, const RestoreOptions& opts) {
