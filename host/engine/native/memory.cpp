@@ -427,7 +427,7 @@ Status dumpMemoryPages(DumpCtx& c, pid_t pid, ProcessState& ps) {
 // Shared memory objects (shared anonymous, memfd, deleted tmpfs files): their data extents,
 // found with SEEK_DATA/SEEK_HOLE, go to blobs.img.
 Status dumpShmemObjects(DumpCtx& c) {
-  std::vector<char> buf(1 << 20);
+  std::vector<char> buf;  // zeroed 1 MiB only when an object is read through it: 0.3-0.6 ms of the freeze
   for (auto& o : c.tree.shmem) {
     const auto& src = c.shmemSource.at(o.id);
     Fd fd(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
@@ -456,8 +456,9 @@ Status dumpShmemObjects(DumpCtx& c) {
       if (h < 0) h = off_t(o.size);
       o.extents.push_back({uint64_t(d), uint64_t(h - d)});
       for (off_t at = d; at < h;) {
+        if (!held && buf.empty()) buf.resize(1 << 20);
         char* into = buf.data();
-        size_t want = size_t(std::min<off_t>(off_t(buf.size()), h - at));
+        size_t want = size_t(std::min<off_t>(off_t(1) << 20, h - at));
         if (held) {
           held->resize(held->size() + want);
           into = held->data() + held->size() - want;
