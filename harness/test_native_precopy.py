@@ -268,3 +268,25 @@ def test_memory_scenario_in_container(mode, results_dir):
         assert mem["protected_pages"] >= 64 * 256, mem
     for c in rec["sandbox"]["cgroups"]:
         assert not Path(c).exists(), f"cgroup {c} left behind"
+
+
+def test_cow_writes_between_arming_and_freeze_every_byte(tmp_path):
+    """COW arms the write-protection while the tree runs; pages written between the arming and the
+    freeze lose it and must be protected again in the freeze, or a write after the thaw would reach
+    the image. A 300 ms window (CRBENCH_COW_ARM_DELAY_MS) at 64 MiB/s over 64 MiB rewrites a good
+    share of the pages in it; the restored program checks every byte against its generation table."""
+    need_root()
+    need_uffd_wp(tmp_path)
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), "64", "64"], tmp_path)
+    wait_for(log, "READY")
+    img = tmp_path / "img"
+    d = run_crbench("cr", "dump", "--cow", "--json", "--tree", p.pid, "--images", img, env={"CRBENCH_COW_ARM_DELAY_MS": "300"})
+    assert d.returncode == 0, d.stderr
+    mem = json.loads(d.stdout)["memory"]
+    print(json.dumps(mem))
+    assert mem["armed_before_freeze"] is True, mem
+    assert mem["armed_write_faults"] > 0 and mem["freeze_reprotected_pages"] > 0, mem
+    assert mem["background_pages"] + mem["copied_on_fault_pages"] >= 64 * 256, mem
+    assert status(p.pid)["TracerPid"] == "0" and wp_ranges(p.pid) == []
+    restore_and_check(p, log, go, img)
