@@ -257,6 +257,16 @@ Status CowSession::frozen(DumpCtx& c, pid_t pid, ProcessState& ps) {
     procsGen_++;
   }
   Proc& p = *pp;
+  for (auto& v : ps.vmas)
+    if (v.kind == "sysvshm" && v.start != 0) {
+      bool seen = false;
+      for (auto& row : shared_) seen |= row.value("sysv_shm_id", -1) == v.object;
+      if (!seen)
+        shared_.push_back({{"sysv_shm_id", v.object},
+                           {"copied_in_freeze", true},
+                           {"why", "SysV shm segments are read whole in the freeze (sysv_ipc step), by copy-on-write "
+                                   "as by stop-and-copy"}});
+    }
   std::unique_lock lk(p.mu);
   p.snapshot = true;
   uint64_t copied = 0;
@@ -296,6 +306,17 @@ Status CowSession::frozen(DumpCtx& c, pid_t pid, ProcessState& ps) {
   p.frozenPages += copied / kPage;
   frozenCopyMs_ += copyMs;
   protectMs_ += msSince(t0) - copyMs;
+  return success();
+}
+
+Status CowSession::frozenShmem(DumpCtx&, ShmemObject& o, int, bool* handled) {
+  *handled = false;
+  shared_.push_back({{"object", o.id},
+                     {"kind", o.name.empty() ? "shared anonymous or tmpfs" : "memfd " + o.name},
+                     {"bytes", o.size},
+                     {"copied_in_freeze", true},
+                     {"why", "copy-on-write does not write-protect shared memory yet: every mapping of the object in "
+                             "every process would need it, and write(2) through a descriptor bypasses it"}});
   return success();
 }
 
@@ -409,7 +430,24 @@ void CowSession::serve() {
 
 Status CowSession::copyPending(Proc& p, Range& r, uint64_t from, uint64_t to, bool* any) {
   {
+    // The image writing runs at nice 19, but while it holds the lock a writer of the tree may wait
+    // for (through the handler, at -10), it runs at the handler's priority: on a busy machine a
+    // nice-19 holder could otherwise be kept off the CPU for a scheduling period or more.
+    struct Boost {
+      id_t tid = id_t(::syscall(SYS_gettid));
+      int before = 0;
+      bool raised = false;
+      Boost() {
+        errno = 0;
+        before = ::getpriority(PRIO_PROCESS, tid);
+        raised = errno == 0 && before > -10 && ::setpriority(PRIO_PROCESS, tid, -10) == 0;
+      }
+      ~Boost() {
+        if (raised) ::setpriority(PRIO_PROCESS, tid, before);
+      }
+    };
     std::lock_guard lk(p.mu);
+    Boost boost;  // after the lock is taken (waiting for it needs no priority); dropped before the unlock
     for (uint64_t a = from; a < to;) {
       if (r.state[(a - r.start) / kPage] != 1) {
         a += kPage;
@@ -503,8 +541,7 @@ Json CowSession::figures() const {
           {"armed_write_faults", armedFaults},
           {"freeze_reprotected_pages", reprotected},
           {"freeze_scan_reprotect_ms", reprotectMs_},
-          {"shared_memory", "copied in the freeze (not write-protected: shared anonymous, memfd, tmpfs and SysV shm "
-                            "objects are read whole while the tree is frozen)"}};
+          {"shared_memory_copied_in_freeze", shared_}};
 }
 
 }  // namespace crb::native

@@ -54,6 +54,9 @@ class CowSession : public MemoryCapture {
   void released() override;
   Status afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) override;
   bool ownsRegistration(pid_t pid, uint64_t start, uint64_t end) const override;
+  // Shared memory is not write-protected: the dump reads each object in the freeze; this only
+  // records it (and why) for the figures.
+  Status frozenShmem(DumpCtx& c, ShmemObject& o, int fd, bool* handled) override;
   Json figures() const override;
   // While the tree still runs, right before the freeze: each process's layout with VmFlags
   // (smaps, a page-table walk), so the freeze reads only /proc/pid/maps (see capture.hpp).
@@ -99,6 +102,7 @@ class CowSession : public MemoryCapture {
   Fd wake_;  // eventfd that ends the handler's poll
   double protectMs_ = 0, frozenCopyMs_ = 0, backgroundMs_ = 0, lookMs_ = -1;
   std::map<pid_t, std::vector<MapsLine>> looked_;
+  Json shared_ = Json::array();  // shared memory objects copied in the freeze, and why
 };
 
 }  // namespace crb::native
