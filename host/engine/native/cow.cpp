@@ -430,24 +430,7 @@ void CowSession::serve() {
 
 Status CowSession::copyPending(Proc& p, Range& r, uint64_t from, uint64_t to, bool* any) {
   {
-    // The image writing runs at nice 19, but while it holds the lock a writer of the tree may wait
-    // for (through the handler, at -10), it runs at the handler's priority: on a busy machine a
-    // nice-19 holder could otherwise be kept off the CPU for a scheduling period or more.
-    struct Boost {
-      id_t tid = id_t(::syscall(SYS_gettid));
-      int before = 0;
-      bool raised = false;
-      Boost() {
-        errno = 0;
-        before = ::getpriority(PRIO_PROCESS, tid);
-        raised = errno == 0 && before > -10 && ::setpriority(PRIO_PROCESS, tid, -10) == 0;
-      }
-      ~Boost() {
-        if (raised) ::setpriority(PRIO_PROCESS, tid, before);
-      }
-    };
     std::lock_guard lk(p.mu);
-    Boost boost;  // after the lock is taken (waiting for it needs no priority); dropped before the unlock
     for (uint64_t a = from; a < to;) {
       if (r.state[(a - r.start) / kPage] != 1) {
         a += kPage;
