@@ -145,6 +145,13 @@ class NativeEngine : public Engine {
     std::unique_ptr<native::CowSession> cow;
     if (cowMode) {
       cow = std::make_unique<native::CowSession>(ctx.imageDir);
+      auto ta = Clock::now();
+      if (auto st = cow->arm(native::listChildren(agent)); !st.ok()) {
+        cow.reset();
+        releaseAgent();
+        return st.error().context("native engine: copy-on-write arming (the workload was left running)");
+      }
+      rep.phasesMs["cow_arm"] = msSince(ta);
       cow->lookBeforeFreeze(native::listChildren(agent));
     }
     auto guard = agentHold_->guardian();
