@@ -48,6 +48,15 @@ Status Seizure::seizeThread(pid_t pid, pid_t tid, bool wait) {
   }
   if (::ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(long(PTRACE_O_TRACESYSGOOD))) != 0) {
     if (errno == ESRCH) return success();  // exited meanwhile
+    // EPERM also answers a thread that has just exited (a zombie, exit_state set): a running tree's
+    // child that ended between the listing and the seize. The next walk finds it as a zombie.
+    if (errno == EPERM) {
+      auto now = readProc(pid, fmt::format("task/{}/stat", tid));
+      auto rp = now.ok() ? now->rfind(')') : std::string::npos;
+      if (!now.ok() || (rp != std::string::npos && rp + 2 < now->size() && ((*now)[rp + 2] == 'Z' || (*now)[rp + 2] == 'X')))
+        return success();
+      errno = EPERM;
+    }
     return sysError(fmt::format("seize thread {} of pid {} (is it traced by another debugger?)", tid, pid), errno);
   }
   seized_.push_back(tid);
