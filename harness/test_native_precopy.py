@@ -322,3 +322,43 @@ def test_cow_shared_memory_every_byte(kind, tmp_path):
     while Path(f"/proc/{kids[0]}").exists() and time.monotonic() < end:
         time.sleep(0.01)
     restore_and_check(p, log, go, img)
+
+
+def test_cow_fork_between_arming_and_freeze_every_byte(tmp_path):
+    """A process forked after COW armed its write-protection has none (the kernel drops a
+    registration the child would inherit): the freeze must protect it whole, while its parent keeps
+    writing (copy-on-write breaks on top of the armed protection). The child checks its own copy
+    after the restore, the parent checks its pages and that the child passed."""
+    need_root()
+    need_uffd_wp(tmp_path)
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), "32", "32", "spawn"], tmp_path)
+    wait_for(log, "READY")
+    img = tmp_path / "img"
+    env = dict(os.environ, CRBENCH_COW_ARM_DELAY_MS="1000")
+    dumper = subprocess.Popen([crbench_bin(), "cr", "dump", "--cow", "--json", "--tree", str(p.pid), "--images", str(img)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True,
+                              env=env, text=True)
+    end = time.monotonic() + 30
+    while not wp_ranges(p.pid) and dumper.poll() is None and time.monotonic() < end:
+        time.sleep(0.005)
+    assert dumper.poll() is None, "the dump ended before it was armed"
+    os.kill(p.pid, signal.SIGUSR1)
+    while not Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split() and time.monotonic() < end:
+        time.sleep(0.005)
+    kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+    assert len(kids) == 1, kids
+    out, err = dumper.communicate(timeout=120)
+    assert dumper.returncode == 0, err
+    rec = json.loads(out)
+    mem = rec["memory"]
+    assert mem["armed_before_freeze"] is True and rec["processes"] == 2, (rec["processes"], mem)
+    assert mem["protected_pages"] >= 2 * 32 * 256, mem  # the parent's armed pages and the child's, whole
+    for pid in [p.pid, int(kids[0])]:
+        assert wp_ranges(pid) == [], f"write-protection left on pid {pid}"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    end = time.monotonic() + 10
+    while Path(f"/proc/{kids[0]}").exists() and time.monotonic() < end:
+        time.sleep(0.01)
+    restore_and_check(p, log, go, img)

@@ -177,7 +177,10 @@ Status CowSession::trackedPages(pid_t pid, uint64_t start, uint64_t end, bool* h
   uffdio_register reg{};
   reg.range = {start, end - start};
   reg.mode = UFFDIO_REGISTER_MODE_WP;
-  if (::ioctl(p.uffd.get(), UFFDIO_REGISTER, &reg) != 0) {
+  int regRc = ::ioctl(p.uffd.get(), UFFDIO_REGISTER, &reg);
+  auto tScan = Clock::now();
+  freezeSplitMs_[0] += std::chrono::duration<double, std::milli>(tScan - t0).count();
+  if (regRc != 0) {
     int e = errno;
     if (e == ESRCH)
       return makeError(fmt::format("copy-on-write dump: pid {} replaced its memory (exec) after write-protection was "
@@ -221,6 +224,8 @@ Status CowSession::trackedPages(pid_t pid, uint64_t start, uint64_t end, bool* h
     if (a.walk_end <= at) break;
     at = a.walk_end;
   }
+  auto tProt = Clock::now();
+  freezeSplitMs_[1] += std::chrono::duration<double, std::milli>(tProt - tScan).count();
   for (auto& w : written) {
     uffdio_writeprotect wp{};
     wp.range = {w.addr, w.pages * kPage};
@@ -229,6 +234,7 @@ Status CowSession::trackedPages(pid_t pid, uint64_t start, uint64_t end, bool* h
       return sysError(fmt::format("write-protect {:#x}+{} pages of pid {} again", w.addr, w.pages, pid), errno);
     p.reprotected += w.pages;
   }
+  freezeSplitMs_[2] += msSince(tProt);
   p.ranges.push_back(makeRange(p, start, end, data));
   *pages = std::move(data);
   *handled = true;
@@ -524,6 +530,8 @@ Json CowSession::figures() const {
           {"armed_write_faults", armedFaults},
           {"freeze_reprotected_pages", reprotected},
           {"freeze_scan_reprotect_ms", reprotectMs_},
+          {"freeze_scan_reprotect_split_ms",
+           {{"lock_and_register", freezeSplitMs_[0]}, {"scan", freezeSplitMs_[1]}, {"reprotect", freezeSplitMs_[2]}}},
           {"shared_memory_copied_in_freeze", shared_}};
 }
 

@@ -97,6 +97,7 @@ class CowSession : public MemoryCapture {
   bool armedBeforeFreeze_ = false;
   std::string armSkipped_;  // why arming was not done (figures)
   double armPauseMs_ = 0, armProtectMs_ = 0, reprotectMs_ = 0;
+  double freezeSplitMs_[3] = {0, 0, 0};  // trackedPages(): lock + register again, scan, re-protect
   std::thread handler_;
   std::atomic<bool> stop_{false};
   Fd wake_;  // eventfd that ends the handler's poll

@@ -3,7 +3,7 @@
 // process. A page copied in an early round and dirtied later but not copied again, or a table
 // from another moment than the pages, shows as a mismatch of some byte.
 //
-//   tp_precopy GO-FILE [SIZE-MIB [RATE-MIB-S [private|shared|memfd|memfd-open|fork]]]
+//   tp_precopy GO-FILE [SIZE-MIB [RATE-MIB-S [private|shared|memfd|memfd-open|fork|spawn]]]
 // Prints READY once every page is written, keeps rewriting pages in order at RATE; when GO-FILE
 // appears it checks every byte of every page (PASS/FAIL), rewrites for another 200 ms, checks
 // again and exits. `shared` / `memfd`: the pages and the generation table are shared memory
@@ -11,7 +11,10 @@
 // odd pages while the parent rewrites the even ones, so writes through two processes' mappings of
 // one object must all be caught. With `fork` (lazy restore: memory still being served) it first
 // forks a child that checks every byte itself, and discards one page (MADV_DONTNEED), which must
-// read as zeros.
+// read as zeros. With `spawn`, SIGUSR1 makes it fork a child (then, e.g., between a COW dump's
+// arming and its freeze) that holds its copy of the memory, checks every byte of it once GO-FILE
+// appears and exits; the parent goes on writing and checks that the child passed.
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -38,6 +41,9 @@ void fill(uint64_t* p, uint64_t page, uint64_t gen) {
   uint64_t b = base(page, gen);
   for (size_t w = 0; w < kWords; w++) p[w] = b + w * 0x100000001B3ull;
 }
+
+volatile sig_atomic_t spawnAsked = 0;
+void onUsr1(int) { spawnAsked = 1; }
 
 double now() {
   timespec t;
@@ -123,8 +129,19 @@ int main(int argc, char** argv) {
       next = now();  // fell far behind (stopped for a checkpoint): do not burst to catch up
     }
   };
+  pid_t spawned = 0;
+  if (kind == "spawn") signal(SIGUSR1, onUsr1);
   for (size_t n = 0;; n++) {
     if ((rate <= 0 || n % 64 == 0) && tp::goExists()) break;
+    if (spawnAsked && !spawned) {
+      spawned = fork();
+      if (spawned < 0) return 2;
+      if (spawned == 0) {
+        while (!tp::goExists()) usleep(10000);
+        check("in the child forked on SIGUSR1");
+        _exit(tp::failures ? 1 : 0);
+      }
+    }
     step();
   }
   if (child == 0 && shared) _exit(0);  // the parent checks, once the child stopped writing
@@ -150,6 +167,12 @@ int main(int argc, char** argv) {
     int st = 0;
     waitpid(ch, &st, 0);
     tp::check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child forked after restore found wrong pages");
+  }
+  if (kind == "spawn") {
+    int st = 0;
+    tp::check(spawned > 0, "SIGUSR1 came (a child was forked)");
+    tp::check(spawned > 0 && waitpid(spawned, &st, 0) == spawned && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "the child forked on SIGUSR1 found its pages intact");
   }
   check("after restore");
   double until = now() + 0.2;
