@@ -8,6 +8,7 @@
 #include "cli/command.hpp"
 #include "core/fsutil.hpp"
 #include "core/json.hpp"
+#include "engine/native/incremental.hpp"
 #include "engine/native/native.hpp"
 #include "engine/native/cow.hpp"
 #include "engine/native/precopy.hpp"
@@ -116,6 +117,12 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       std::unique_ptr<native::PreCopySession> session;
       std::unique_ptr<native::CowSession> cow;
       if (o->preCopy && o->cow) return reportError(makeError("--pre-copy and --cow exclude each other"));
+      if (!o->parent.empty()) {
+        // Checked before any pre-copy round or protection: a bad parent touches nothing.
+        auto idx = native::loadParentIndex(o->parent, o->images);
+        if (!idx.ok()) return reportError(idx.error().context("--parent " + o->parent));
+        opts.parentIndex = *idx;
+      }
       if (o->cow) {
         cow = std::make_unique<native::CowSession>(o->images);
         cow->lookBeforeFreeze({o->tree});
