@@ -213,7 +213,9 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       std::printf("  incremental: chain of %zu images (newest first)\n", j["chain"].size());
       for (auto& l : j["chain"])
         std::printf("    %s uuid %s%s\n", l["path"].get<std::string>().c_str(), l["uuid"].get<std::string>().c_str(),
-                    l["incremental"].get<bool>() ? (" (incremental, " + l.value("method", "") + ")").c_str() : " (full)");
+                    l["incremental"].get<bool>()
+                        ? (" (incremental, " + l.value("capture", "") + ", " + l.value("method", "") + ")").c_str()
+                        : " (full)");
       for (auto& p : j["processes"])
         if (p.contains("stored_pages"))
           std::printf("    pid %d: %llu of %llu pages stored in this image\n", p["pid"].get<int>(),

@@ -38,6 +38,7 @@ class CowSession : public MemoryCapture {
   Status afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) override;
   bool ownsRegistration(pid_t pid, uint64_t start, uint64_t end) const override;
   Json figures() const override;
+  const char* mode() const override { return "cow"; }
   // While the tree still runs, right before the freeze: each process's layout with VmFlags
   // (smaps, a page-table walk), so the freeze reads only /proc/pid/maps (see capture.hpp).
   void lookBeforeFreeze(const std::vector<pid_t>& roots);

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <unordered_set>
 
+#include "engine/native/capture.hpp"
 #include "engine/native/dirty.hpp"
 #include "engine/native/image.hpp"
 #include "engine/native/internal.hpp"
@@ -347,7 +348,10 @@ Json PageChain::describe() const {
   for (auto& lv : levels_) {
     Json e{{"path", lv.shownPath.string()}, {"uuid", lv.inventory.value("uuid", "")}, {"incremental", lv.incremental},
            {"format_version", lv.inventory.value("format_version", 1)}};
-    if (lv.incremental) e["method"] = lv.inventory["incremental"].value("method", "");
+    if (lv.incremental) {
+      e["method"] = lv.inventory["incremental"].value("method", "");
+      e["capture"] = lv.inventory["incremental"].value("capture", "stop-and-copy");  // before pre-copy/COW could
+    }
     out.push_back(e);
   }
   return out;
@@ -576,7 +580,8 @@ void incrementalInventory(DumpCtx& c, Json& inv) {
   std::string method = tracked ? std::string(DirtyTracker::kUffdWp) + " (tracked since the parent dump) + page-checksum"
                                : "page-checksum";
   inv["incremental"] = {{"method", method}, {"hash", "crc64-ecma-refl per 4 KiB page"},
-                        {"chain_depth", c.parent->depth + 1}};
+                        {"chain_depth", c.parent->depth + 1},
+                        {"capture", c.opts.capture ? c.opts.capture->mode() : "stop-and-copy"}};
   c.stats.memory["incremental"]["method"] = method;
   if (c.opts.track && !c.opts.track->failure.empty())
     c.stats.memory["incremental"]["tracking_failure"] = c.opts.track->failure;

@@ -91,6 +91,7 @@ class PreCopySession : public MemoryCapture {
   Status lookBeforeFreeze();
   void stopTracking();
   Json figures() const override { return fig_; }
+  const char* mode() const override { return "pre-copy"; }
 
  private:
   using ShmKey = std::pair<uint64_t, uint64_t>;  // dev, inode (as the dump's ShmemObject)
