@@ -123,6 +123,15 @@ Result<std::vector<uint64_t>> loadHashes(const ChainLevel& lv, const ProcessStat
   return out;
 }
 
+Status writeMem(int memFd, pid_t pid, uint64_t addr, const char* data, size_t len) {
+  for (size_t d = 0; d < len;) {
+    ssize_t w = ::pwrite(memFd, data + d, len - d, off_t(addr + d));
+    if (w <= 0) return sysError(fmt::format("write memory of pid {} at {:#x}", pid, addr + d), w < 0 ? errno : EIO);
+    d += size_t(w);
+  }
+  return success();
+}
+
 Status copyFileAtomically(const std::filesystem::path& from, const std::filesystem::path& dir,
                           const std::string& name, bool sync) {
   Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
@@ -310,6 +319,31 @@ Result<uint64_t> PageChain::restorePages(const ProcessState& ps, int memFd,
       if (s.level == l) mine.push_back(s);
     if (mine.empty()) continue;
     std::sort(mine.begin(), mine.end(), [](const Segment& a, const Segment& b) { return a.filePage < b.filePage; });
+    auto isLazy = [&](const Segment& s) {
+      for (auto [a, b] : skip)
+        if (s.addr >= a && s.addr < b) return true;
+      return false;
+    };
+    if (!skip.empty()) {
+      // Lazy restore: only the chunks holding pages written now are read and verified; the
+      // page server verifies the rest as it serves them. Without chunk sums: the whole file below.
+      auto name = fmt::format("pages-{}.img", ps.pid);
+      auto cp = ChunkedPayload::open(levels_[size_t(l)].dir, name, levels_[size_t(l)].shownPath / name);
+      if (!cp.ok()) return cp.error();
+      if (cp->chunked()) {
+        for (auto& s : mine) {
+          if (isLazy(s)) continue;
+          for (uint64_t done = 0; done < s.pages;) {
+            uint64_t n = std::min<uint64_t>(s.pages - done, buf.size() / kPage);
+            CRB_CHECK(cp->read((s.filePage + done) * kPage, buf.data(), n * kPage));
+            CRB_CHECK(writeMem(memFd, ps.pid, s.addr + done * kPage, buf.data(), n * kPage));
+            written += n;
+            done += n;
+          }
+        }
+        continue;
+      }
+    }
     auto r = RawImageReader::open(levels_[size_t(l)].dir, fmt::format("pages-{}.img", ps.pid));
     if (!r.ok()) return r.error().context("image " + levels_[size_t(l)].shownPath.string());
     uint64_t pos = 0;
@@ -322,17 +356,12 @@ Result<uint64_t> PageChain::restorePages(const ProcessState& ps, int memFd,
         CRB_CHECK(r->read(buf.data(), n));
         gap -= n;
       }
-      bool lazy = false;
-      for (auto [a, b] : skip) lazy = lazy || (s.addr >= a && s.addr < b);
+      bool lazy = isLazy(s);
       for (uint64_t done = 0; done < s.pages;) {
         uint64_t n = std::min<uint64_t>(s.pages - done, buf.size() / kPage);
         CRB_CHECK(r->read(buf.data(), n * kPage));
         uint64_t addr = s.addr + done * kPage;
-        for (size_t d = 0; !lazy && d < n * kPage;) {
-          ssize_t w = ::pwrite(memFd, buf.data() + d, n * kPage - d, off_t(addr + d));
-          if (w <= 0) return sysError(fmt::format("write memory of pid {} at {:#x}", ps.pid, addr + d), w < 0 ? errno : EIO);
-          d += size_t(w);
-        }
+        if (!lazy) CRB_CHECK(writeMem(memFd, ps.pid, addr, buf.data(), n * kPage));
         if (!lazy) written += n;
         done += n;
       }
@@ -606,7 +635,7 @@ Result<Json> flattenImage(const std::filesystem::path& src, const std::filesyste
   for (auto& e : std::filesystem::directory_iterator(top.shownPath)) {
     std::string name = e.path().filename().string();
     if (!e.is_regular_file() || name[0] == '.' || name == "inventory.img" || name.rfind("pages-", 0) == 0 ||
-        name.rfind("pageindex-", 0) == 0)
+        name.rfind("pageindex-", 0) == 0 || name.rfind("pagecrc-", 0) == 0)  // pagecrc: written with the pages
       continue;
     CRB_CHECK(copyFileAtomically(e.path(), out, name, sync));
   }
