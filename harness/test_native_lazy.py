@@ -117,6 +117,9 @@ def test_memory_scenario_in_container(results_dir):
     lazy = rec["engine_report"]["restore"]["engine_figures"]["lazy"]
     assert lazy["lazy_data_pages"] >= 64 * 256 and lazy["resumed_to_all_pages_ms"] > 0, lazy
     assert rec["engine_report"]["restore"]["phases_ms"]["restore_to_resumed"] > 0
+    # Time to resumed, to the prober's first reply (from the restore's start) and to all pages in.
+    assert 0 < lazy["restore_to_resumed_ms"] <= lazy["restore_to_all_pages_ms"], lazy
+    assert lazy["restore_start_to_first_reply_ms"] is not None and lazy["restore_start_to_first_reply_ms"] > 0, lazy
     for c in rec["sandbox"]["cgroups"]:
         assert not Path(c).exists(), f"cgroup {c} left behind"
 
