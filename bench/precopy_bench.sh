@@ -9,7 +9,7 @@
 set -eu
 out=${1:?usage: precopy_bench.sh OUT-DIR [REPEATS] [SCALING-SIZES] [SCALING-REPEATS]}
 repeats=${2:-5}
-sizes=${3:-"64 256 4096"}
+sizes=${3-"64 256 4096"}  # "" = no container points
 srepeats=${4:-2}
 # WARMUP=--no-warmup leaves out the discarded first round (to save time; said in the results)
 warmup=${WARMUP:-}
@@ -38,7 +38,7 @@ for s in $sizes; do
     --param size_mib="$s" --param dirty_mib_s=16 --repeats "$srepeats" --no-warmup
 done
 for s in ${VM_SIZES:-$sizes}; do
-  run "scale-$s-vm" memory --engines qemu --runtimes vm --modes stop-and-copy pre-copy leave-running \
+  run "scale-$s-vm" memory --engines qemu --runtimes vm --modes stop-and-copy pre-copy post-copy leave-running \
     --param size_mib="$s" --param dirty_mib_s=16 --repeats "$srepeats" --no-warmup
 done
 echo "$(date -u +%FT%TZ) done" >> "$out/commands.txt"

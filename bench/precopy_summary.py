@@ -4,19 +4,55 @@ combination's downtime figures from the compare summaries, native pre-copy/COW c
 downtime with its ratio to QEMU's best mode in the same run and to the 10 ms target, per-round
 pre-copy figures and COW figures from the run records. Every number comes from the records.
 
-    bench/precopy_summary.py OUT-DIR [--target-ms 10]
+    bench/precopy_summary.py OUT-DIR [--target-ms 10] [--extra DIR]...
+
+--extra DIR (repeatable) adds the scale-*.json compare summaries of another run directory (e.g. a
+checked-in docs/results/<date>-vm-scaling-*/, whose records are .json.xz files or one
+raw-records.tar.xz) to the scaling tables; a point measured in OUT-DIR wins over the same point in
+an extra directory, and an earlier --extra over a later one.
 """
 import argparse
 import json
+import lzma
 import statistics
 import sys
+import tarfile
 from pathlib import Path
 
 
 def load(p):
+    p = Path(p)
     try:
-        return json.loads(Path(p).read_text())
-    except (OSError, ValueError):
+        if p.suffix == ".xz":
+            return json.loads(lzma.decompress(p.read_bytes()))
+        return json.loads(p.read_text())
+    except (OSError, ValueError, lzma.LZMAError):
+        return None
+
+
+_tar_index = {}
+
+
+def load_record(base, name, rid):
+    """A run record of compare `name` under run directory `base`: <name>/runs/<rid>.json, the same
+    .json.xz, or that member of <base>/raw-records.tar.xz."""
+    runs = Path(base) / name / "runs"
+    for f in (runs / f"{rid}.json", runs / f"{rid}.json.xz"):
+        if f.exists():
+            return load(f)
+    tar = Path(base) / "raw-records.tar.xz"
+    if not tar.exists():
+        return None
+    if tar not in _tar_index:
+        t = tarfile.open(tar, "r:xz")
+        _tar_index[tar] = (t, {m.name: m for m in t.getmembers()})
+    t, members = _tar_index[tar]
+    m = members.get(f"{name}/runs/{rid}.json")
+    if m is None:
+        return None
+    try:
+        return json.loads(t.extractfile(m).read())
+    except ValueError:
         return None
 
 
@@ -32,11 +68,65 @@ def metric(row, mid):
 
 
 def records(out, name, row):
-    runs = Path(out) / name / "runs"
     for rid in row.get("run_ids", []):
-        r = load(runs / f"{rid}.json")
+        r = load_record(out, name, rid)
         if r and not r.get("compare", {}).get("warmup"):
             yield r
+
+
+def accelerator(out, name, row):
+    """The VM accelerator the row's runs used (from their records), "" for the container runtime."""
+    if row.get("runtime") != "vm":
+        return ""
+    accels = set()
+    for r in records(out, name, row):
+        a = (r.get("sandbox") or {}).get("accelerator")
+        if isinstance(a, dict):
+            a = a.get("accel")
+        if not a:
+            a = (r.get("environment", {}).get("accelerator") or {}).get("accel")
+        if a:
+            accels.add(a.upper())
+    return "/".join(sorted(accels)) or "accelerator not recorded"
+
+
+def scaling_pivot(p, sources):
+    """One table, size across: each cell the median checkpoint downtime with n, the compare run it
+    comes from and (VM) the accelerator. `sources`: (run dir, summary name, summary), first wins."""
+    cells, sizes, used = {}, set(), {}
+    for base, name, summ in sources:
+        size = int(params(summ).get("size_mib", 0))
+        for row in summ["combinations"]:
+            ck = metric(row, "checkpoint_downtime_ms")
+            if not ck:
+                continue
+            key = (row["runtime"], row["engine"], row["mode"])
+            if (key, size) in cells:
+                continue
+            sizes.add(size)
+            acc = accelerator(base, name, row)
+            cid = summ["id"]
+            used[cid] = (base, name, summ)
+            cells[(key, size)] = f"{fmt(ck[0], 2)} (n={ck[3]}, {cid.split('-')[0]}{', ' + acc if acc else ''})"
+    if not cells:
+        return
+    sizes = sorted(sizes)
+    keys = sorted({k for k, _ in cells}, key=lambda k: (k[0], k[1], k[2]))
+    p("Scaling, one table: median checkpoint downtime in ms at each memory size (dirtying 16 MiB/s), "
+      "with n, the compare run (its id's timestamp) and, for the VM runtime, the accelerator of its runs. "
+      "`-`: not measured.\n")
+    p("| runtime | engine | mode | " + " | ".join(f"{x} MiB" for x in sizes) + " |")
+    p("|---|---|---|" + "---:|" * len(sizes))
+    for k in keys:
+        p(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(cells.get((k, x), "-") for x in sizes) + " |")
+    p()
+    p("Compare runs in that table:\n")
+    for cid, (base, name, summ) in sorted(used.items()):
+        commits = {(r.get("crbench") or {}).get("commit", "?") for row in summ["combinations"]
+                   for r in records(base, name, row)}
+        p(f"- `{cid}`: {base}/{name}.json, crbench {', '.join(sorted(c for c in commits if c)) or '?'}, "
+          f"`{summ.get('command', '')}`")
+    p()
 
 
 def freeze_gap_ms(rec):
@@ -132,7 +222,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--target-ms", type=float, default=10)
+    ap.add_argument("--extra", action="append", default=[], metavar="DIR",
+                    help="another run directory whose scale-*.json points join the scaling tables")
     a = ap.parse_args()
+    for d in a.extra:
+        if not Path(d).is_dir():
+            sys.exit(f"--extra {d}: not a directory (pass a run directory holding scale-*.json)")
     out = Path(a.out)
     cmds = (out / "commands.txt").read_text() if (out / "commands.txt").exists() else ""
     main = load(out / "main.json")
@@ -208,18 +303,24 @@ def main():
           f"to QEMU's best mode of the main run:\n")
         native_lines(p, out, f.stem, nat, best_qemu, a.target_ms)
         p()
-    # Scaling: every scale-* summary present.
+    # Scaling: every scale-* summary present, here and in the --extra directories.
     rows = []
-    for f in sorted(out.glob("scale-*.json")) + sorted(out.glob("native-*.json")):
-        s = load(f)
-        if not s:
-            continue
-        size = params(s).get("size_mib")
-        for row in s["combinations"]:
-            ck = metric(row, "checkpoint_downtime_ms")
-            dt = metric(row, "downtime_ms")
-            rows.append((int(size), row["runtime"], row["engine"], row["mode"], row.get("n", 0), ck, dt,
-                         row.get("status", ""), f.stem, metric(row, "image_bytes")))
+    sources = [(out, "main", main)]
+    for d, files in [(out, sorted(out.glob("scale-*.json")) + sorted(out.glob("native-*.json")))] + \
+            [(Path(x), sorted(Path(x).glob("scale-*.json"))) for x in a.extra]:
+        for f in files:
+            s = load(f)
+            if not s:
+                continue
+            sources.append((d, f.stem, s))
+            size = params(s).get("size_mib")
+            src = f.stem if d == out else f"{d}/{f.stem}"
+            for row in s["combinations"]:
+                ck = metric(row, "checkpoint_downtime_ms")
+                dt = metric(row, "downtime_ms")
+                rows.append((int(size), row["runtime"], row["engine"], row["mode"], row.get("n", 0), ck, dt,
+                             row.get("status", ""), src, metric(row, "image_bytes")))
+    scaling_pivot(p, sources)
     for row in main["combinations"]:
         ck = metric(row, "checkpoint_downtime_ms")
         dt = metric(row, "downtime_ms")

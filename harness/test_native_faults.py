@@ -196,3 +196,42 @@ def test_precopy_dump_gives_tcp_back_before_the_tree_runs(tmp_path):
             conn.close()
         lst.close()
         remove_rules(drop_rules(port))
+
+
+def test_cow_dumper_killed_between_arming_and_freeze_leaves_tree_unprotected(tmp_path):
+    """COW arms write-protection while the tree runs, then freezes it. A dumper killed in between
+    (inside the arming's injection of the userfaultfd, after part of the memory is protected, after
+    all of it is) must leave the tree running, untraced, with no userfaultfd and no write-protect
+    registration, still writing (a write to a protected page nobody serves would block it), and
+    every byte of its memory as its own generation table says (the program checks at the end)."""
+    need_root()
+    from test_native_precopy import need_uffd_wp, status, wp_ranges
+    need_uffd_wp(tmp_path)
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), "64", "32"], tmp_path)
+    try:
+        wait_for(log, "READY")
+        for i, fault in enumerate(["uffd:1", "cow-arm:1", "cow-armed:1"]):
+            env = dict(os.environ, CRBENCH_NATIVE_FAULT=fault)
+            d = subprocess.run([crbench_bin(), "cr", "dump", "--cow", "--no-sync", "--tree", str(p.pid), "--images",
+                                str(tmp_path / f"img{i}")], capture_output=True, text=True, timeout=60, env=env,
+                               stdin=subprocess.DEVNULL, close_fds=True)
+            assert d.returncode == -signal.SIGKILL, f"{fault}: the fault point was not reached: {d.stderr}"
+            end = time.monotonic() + 5
+            while (wp_ranges(p.pid) or status(p.pid)["TracerPid"] != "0") and time.monotonic() < end:
+                time.sleep(0.05)
+            assert p.poll() is None, f"{fault}: the workload died: {log.read_text()}"
+            assert status(p.pid)["TracerPid"] == "0", f"{fault}: still traced"
+            assert wp_ranges(p.pid) == [], f"{fault}: write-protect registration left on {wp_ranges(p.pid)}"
+            fds = [f for f in Path(f"/proc/{p.pid}/fd").iterdir() if "userfaultfd" in os.readlink(f)]
+            assert fds == [], f"{fault}: the tree holds a userfaultfd: {d.stderr}"
+            before = Path(f"/proc/{p.pid}/stat").read_text().split()[13:15]
+            time.sleep(1.0)
+            after = Path(f"/proc/{p.pid}/stat").read_text().split()[13:15]
+            assert before != after, f"{fault}: the tree used no CPU after the dumper died (blocked on a fault?)"
+        go.touch()
+        assert p.wait(timeout=60) == 0 and "PASS" in log.read_text(), log.read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

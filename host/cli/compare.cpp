@@ -10,6 +10,7 @@
 #include "compare/compare.hpp"
 #include "controller/controller.hpp"
 #include "core/fsutil.hpp"
+#include "core/interrupt.hpp"
 #include "core/paths.hpp"
 #include "core/privilege.hpp"
 #include "report/report.hpp"
@@ -83,6 +84,12 @@ std::function<int()> setupCompare(CLI::App& app, GlobalOptions& global) {
     // guest) must fail the run that used it, not kill the whole compare with SIGPIPE and leave its
     // sandbox behind; libvirt asks its clients to ignore SIGPIPE for the same reason.
     std::signal(SIGPIPE, SIG_IGN);
+    // SIGINT/SIGTERM/SIGHUP: stop after the current step; the run in progress tears its sandbox
+    // down, the engines (and the libvirt daemon crbench started) are released as they go out of
+    // scope, the records and the summary are written, and the exit code is 128 + the signal.
+    // Installed before the engines are probed: that may start a daemon too.
+    InterruptGuard guard;
+    req.cancelled = [] { return interrupted(); };
     req.warmup = !(a->noWarmup || req.quick);
     req.resultsDir = a->results.empty() ? defaultResultsDir() : fs::path(a->results);
     if (!a->report.empty()) req.reportDir = a->report;
@@ -100,7 +107,7 @@ std::function<int()> setupCompare(CLI::App& app, GlobalOptions& global) {
     if (!req.reportDir.empty())
       if (auto st = checkWritableDir(req.reportDir); !st.ok())
         return reportError(makeError(st.error().message, "pass a writable directory with --report DIR", 2));
-    auto plan = planMatrix(req, registeredEngines(), sc->runtimes);
+    auto plan = planMatrix(req, registeredEngines(req.engines, req.runtimes), sc->runtimes);
     if (!plan.ok()) return reportError(plan.error());
     for (auto& c : *plan) {
       if (c.status != "run") continue;
@@ -136,6 +143,7 @@ std::function<int()> setupCompare(CLI::App& app, GlobalOptions& global) {
       spec.resultsDir = req.resultsDir;
       spec.writeRecord = false;  // written below with its compare block
       spec.warmupMs = warmupMs;
+      spec.cancelled = req.cancelled;
       spec.verbose = global.verbose;
       if (global.verbose) spec.progress = [](const std::string& s) { std::fprintf(stderr, "    %s\n", s.c_str()); };
       return runOnce(spec).record;
@@ -145,6 +153,8 @@ std::function<int()> setupCompare(CLI::App& app, GlobalOptions& global) {
       if (!p.ok()) writeErrors.push_back(p.error().text());
     };
     CompareResult res = runCompare(req, *plan, run, progress, onRecord);
+    int sig = interruptSignal();
+    if (sig) res.summary["interrupted"]["signal"] = signalName(sig);
     std::string summaryName = res.summary["id"].get<std::string>() + ".compare.json";
     fs::path summaryPath = req.resultsDir / summaryName;
     if (auto st = writeFileAtomic(summaryPath, res.summary.dump(1) + "\n"); !st.ok()) writeErrors.push_back(st.error().text());
@@ -155,6 +165,9 @@ std::function<int()> setupCompare(CLI::App& app, GlobalOptions& global) {
       std::printf("%s: %d repeats%s, results in %s\n\n", req.scenario.c_str(), req.repeats,
                   req.warmup ? " (+1 warm-up, discarded)" : "", req.resultsDir.c_str());
       std::printf("%s", formatTable(res.summary).c_str());
+      if (sig)
+        std::printf("\ninterrupted by %s (runs not started: %d); the figures cover the finished runs only\n",
+                    signalName(sig).c_str(), res.summary["interrupted"].value("runs_not_started", 0));
       std::printf("\nsummary: %s\n", summaryPath.c_str());
     }
     if (!req.reportDir.empty()) {
@@ -172,6 +185,7 @@ std::function<int()> setupCompare(CLI::App& app, GlobalOptions& global) {
         std::fprintf(stderr, "report: %s (and report.md)\n", out->html.c_str());
     }
     for (auto& e : writeErrors) std::fprintf(stderr, "crbench: error: %s\n", e.c_str());
+    if (sig) return signalExitCode(sig);
     if (!writeErrors.empty()) return 1;
     // Failures are data, shown in the table; but a compare where nothing at all worked is an error.
     for (auto& row : res.summary["combinations"])

@@ -125,6 +125,8 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       }
       if (o->cow) {
         cow = std::make_unique<native::CowSession>(o->images);
+        if (auto st = cow->arm({o->tree}); !st.ok())
+          return reportError(st.error().context("copy-on-write: arming write-protection (the tree was left running)"));
         cow->lookBeforeFreeze({o->tree});
         opts.capture = cow.get();
         opts.leaveRunning = true;

@@ -1,20 +1,15 @@
 // crbench run <scenario> --runtime container|vm [--engine pause] [--mode M] [--engine-opt k=v]
 //                        [--param k=v] [--results DIR] [--json]
-#include <signal.h>
-
-#include <atomic>
 #include <cstdio>
 
 #include "cli/command.hpp"
 #include "controller/controller.hpp"
+#include "core/interrupt.hpp"
 #include "core/privilege.hpp"
 #include "core/result.hpp"
 
 namespace crb {
 namespace {
-
-std::atomic<bool> gInterrupted{false};
-void onInterrupt(int) { gInterrupted = true; }
 
 std::string fmtMs(const Json& v) { return v.is_number() ? fmt::format("{:.1f} ms", v.get<double>()) : "n/a"; }
 
@@ -98,18 +93,14 @@ std::function<int()> setupRun(CLI::App& app, GlobalOptions& global) {
       spec.engineOptions[kv.substr(0, eq)] = kv.substr(eq + 1);
     }
     if (auto st = requireRoot("crbench run"); !st.ok()) return reportError(st.error());
+    // Ctrl-C / SIGTERM / SIGHUP: finish the current step, tear the sandbox down, write the record.
+    // Installed before validation too: probing an engine may start a daemon (libvirt).
+    InterruptGuard guard;
     if (auto st = validateRunSpec(spec); !st.ok()) return reportError(st.error());
+    if (interrupted()) return signalExitCode(interruptSignal());
     if (!a->json) spec.progress = [](const std::string& s) { std::fprintf(stderr, "crbench: %s\n", s.c_str()); };
-    // Ctrl-C / SIGTERM: finish the current step, tear the sandbox down, write the record.
-    struct sigaction sa {};
-    sa.sa_handler = onInterrupt;
-    sigemptyset(&sa.sa_mask);
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &sa, nullptr);
-    spec.cancelled = [] { return gInterrupted.load(); };
+    spec.cancelled = [] { return interrupted(); };
     RunOutcome o = runOnce(spec);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGHUP, SIG_DFL);
     if (a->json)
       std::printf("%s\n", o.record.dump(1).c_str());
     else
@@ -118,7 +109,7 @@ std::function<int()> setupRun(CLI::App& app, GlobalOptions& global) {
       std::fprintf(stderr, "crbench: error: could not write the run record: %s\n", o.writeError.c_str());
       return 1;
     }
-    if (gInterrupted) return 130;
+    if (interrupted()) return signalExitCode(interruptSignal());
     if (o.status == "ok") return 0;
     return o.status == "unsupported" ? 3 : 1;
   };

@@ -24,11 +24,30 @@ Error usage(std::string msg, std::string hint) { return makeError(std::move(msg)
 
 }  // namespace
 
-std::vector<EngineInfo> registeredEngines() {
+std::vector<EngineInfo> registeredEngines(const std::vector<std::string>& only, const std::vector<std::string>& runtimes) {
   std::vector<EngineInfo> out;
   for (auto& n : EngineRegistry::instance().names()) {
+    if (!only.empty() && !has(only, n)) {
+      // Named (so a typo is still told from a real engine) but not probed: planMatrix selects
+      // only the engines asked for, so these never reach a combination.
+      out.push_back({n, Capabilities{}});
+      continue;
+    }
     auto e = EngineRegistry::instance().create(n);
-    if (e) out.push_back({n, e->capabilities()});
+    if (!e) continue;
+    if (auto fixed = e->staticRuntimes(); !fixed.empty() && !runtimes.empty()) {
+      bool wanted = false;
+      for (auto k : fixed) wanted |= has(runtimes, toString(k));
+      if (!wanted) {
+        // planMatrix needs only the runtimes to leave it out (or to say it does not work there).
+        Capabilities c;
+        c.runtimes = fixed;
+        c.unavailable = "not probed: none of its runtimes was asked for";
+        out.push_back({n, c});
+        continue;
+      }
+    }
+    out.push_back({n, e->capabilities()});
   }
   return out;
 }
@@ -130,7 +149,13 @@ CompareResult runCompare(const CompareRequest& req, const std::vector<Combinatio
     if (combos[i].status != "run") slots.push_back({i, 1, false, true});
   std::map<size_t, std::vector<size_t>> recordsOf;  // combination -> indices into res.records
   size_t done = 0;
+  size_t notRun = 0;
   for (auto& slot : slots) {
+    // Planned refusals start nothing and are still recorded: they are data.
+    if (!slot.refused && req.cancelled && req.cancelled()) {
+      ++notRun;
+      continue;
+    }
     const Combination& c = combos[slot.combo];
     ++done;
     if (progress && !slot.refused)
@@ -161,7 +186,7 @@ CompareResult runCompare(const CompareRequest& req, const std::vector<Combinatio
       ids.push_back(views.back().runId);
     }
     row["run_ids"] = ids;
-    size_t ok = 0, failed = 0, refused = 0, passed = 0, total = 0;
+    size_t ok = 0, failed = 0, refused = 0, passed = 0, total = 0, cut = 0;
     std::string firstError;
     Json metrics = Json::object();
     for (auto& m : reportMetrics()) {
@@ -175,8 +200,13 @@ CompareResult runCompare(const CompareRequest& req, const std::vector<Combinatio
       if (sum.ci95) mj["ci95"] = {sum.ci95->low, sum.ci95->high};
       metrics[m.id] = mj;
     }
-    for (auto& v : views) {
+    for (size_t k = 0; k < views.size(); ++k) {
+      const RunView& v = views[k];
       if (v.warmup || c.status != "run") continue;
+      if (res.records[recordsOf[i][k]].value("interrupted", false)) {
+        ++cut;  // stopped by a signal: neither a figure nor the engine's failure
+        continue;
+      }
       if (v.status == "ok") {
         ++ok;
         passed += size_t(v.fidelityPassed());
@@ -192,9 +222,12 @@ CompareResult runCompare(const CompareRequest& req, const std::vector<Combinatio
     row["n"] = ok;
     row["failed"] = failed;
     if (refused) row["refused"] = refused;
+    if (cut) row["interrupted"] = cut;
     row["fidelity"] = {{"passed", passed}, {"total", total}};
     if (c.status != "run")
       row["status"] = c.status;
+    else if (ok == 0 && !failed && !refused && (cut || notRun))
+      row["status"] = "interrupted";  // never finished a run before the compare was stopped
     else if (ok == 0)
       row["status"] = failed ? "failed" : "unsupported";
     else
@@ -212,6 +245,9 @@ CompareResult runCompare(const CompareRequest& req, const std::vector<Combinatio
                  {"command", req.commandLine},
                  {"finished_at", isoTimeNow()},
                  {"combinations", rows}};
+  if (req.cancelled && req.cancelled())
+    res.summary["interrupted"] = {{"runs_not_started", notRun},
+                                  {"note", "stopped by a signal: the figures cover only the runs that finished"}};
   return res;
 }
 

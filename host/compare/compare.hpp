@@ -34,6 +34,9 @@ struct CompareRequest {
   std::filesystem::path resultsDir;                    // "" = defaultResultsDir()
   std::filesystem::path reportDir;                     // "" = no report
   std::string commandLine;                             // for the summary / report
+  // Polled before each run: true stops the compare there (a signal); the runs not started are
+  // counted in the summary's "interrupted" block, and a run cut short is marked by its runner.
+  std::function<bool()> cancelled;
 };
 
 // What the planner knows of each engine (from EngineRegistry, or made up by a test).
@@ -41,7 +44,11 @@ struct EngineInfo {
   std::string name;
   Capabilities caps;
 };
-std::vector<EngineInfo> registeredEngines();
+// Only the engines named in `only` (all when empty) are probed, and of those only the ones that
+// can work on one of `runtimes` (all when empty): probing the libvirt engine starts a daemon,
+// which a compare of other engines or of the container runtime alone must not pay for.
+std::vector<EngineInfo> registeredEngines(const std::vector<std::string>& only = {},
+                                          const std::vector<std::string>& runtimes = {});
 
 // Checks the request against the engines and the scenario's runtimes and lists the combinations.
 // Errors (exit code 2) name the bad value and the valid ones.

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace crb {
 namespace {
 
@@ -159,6 +161,70 @@ TEST(CompareRun, SummaryLeavesWarmupOutAndKeepsFailures) {
   EXPECT_NE(table.find("20.0 (10.0–30.0)"), std::string::npos) << table;
   EXPECT_NE(table.find("unavailable: no qemu"), std::string::npos) << table;
   EXPECT_NE(table.find("failed: boom"), std::string::npos) << table;
+}
+
+TEST(CompareRun, InterruptStopsBeforeTheNextRunAndIsNeitherFigureNorFailure) {
+  std::vector<Combination> combos = {{"container", "a", "stop-and-copy", "run", ""},
+                                     {"container", "b", "stop-and-copy", "run", ""},
+                                     {"vm", "q", "-", "unavailable", "no qemu"}};
+  CompareRequest r = req();
+  r.repeats = 2;
+  r.warmup = false;
+  bool stop = false;
+  r.cancelled = [&] { return stop; };
+  int calls = 0;
+  auto res = runCompare(r, combos, [&](const Combination& c, const Slot& s) {
+    if (s.refused) {
+      Json rec = fakeRecord(c, s, 0, false);
+      rec["status"] = "unsupported";
+      return rec;
+    }
+    ++calls;
+    if (c.engine == "b") {
+      stop = true;  // the signal arrives during b's first run, which its runner marks
+      Json rec = fakeRecord(c, s, 0, false);
+      rec["interrupted"] = true;
+      return rec;
+    }
+    return fakeRecord(c, s, 10.0, true);
+  });
+  EXPECT_EQ(calls, 2);                // a#1, b#1; a#2 and b#2 never start
+  EXPECT_EQ(res.records.size(), 3u);  // + the planned refusal, which starts nothing
+  auto& rows = res.summary["combinations"];
+  EXPECT_EQ(rows[0]["status"], "ok");
+  EXPECT_EQ(rows[0]["n"], 1);
+  EXPECT_EQ(rows[1]["status"], "interrupted");
+  EXPECT_EQ(rows[1]["failed"], 0);
+  EXPECT_EQ(rows[1]["interrupted"], 1);
+  EXPECT_FALSE(rows[1]["metrics"].contains("downtime_ms"));
+  EXPECT_EQ(rows[2]["status"], "unavailable");
+  ASSERT_TRUE(res.summary.contains("interrupted"));
+  EXPECT_EQ(res.summary["interrupted"]["runs_not_started"], 2);
+  EXPECT_NE(formatTable(res.summary).find("interrupted"), std::string::npos);
+}
+
+TEST(CompareEngines, OnlyTheEnginesAskedForAreProbed) {
+  // libvirt's probe starts a daemon: asked for the container runtime only, it must not run.
+  auto all = EngineRegistry::instance().names();
+  if (std::find(all.begin(), all.end(), "libvirt") == all.end()) GTEST_SKIP() << "libvirt engine not built";
+  auto engines = registeredEngines({"libvirt", "pause"}, {"container"});
+  EXPECT_EQ(engines.size(), all.size());  // every name stays known, for the unknown-engine error
+  for (auto& e : engines) {
+    if (e.name == "libvirt") {
+      EXPECT_NE(e.caps.unavailable.find("not probed"), std::string::npos) << e.caps.unavailable;
+      EXPECT_FALSE(e.caps.supportsRuntime(RuntimeKind::Container));
+    } else if (e.name != "pause") {
+      EXPECT_TRUE(e.caps.modes.empty() && e.caps.unsupportedModes.empty()) << e.name << " was probed";
+    }
+  }
+  CompareRequest r = req();
+  r.engines = {"libvirt", "pause"};
+  r.runtimes = {"container"};
+  r.modes = {"stop-and-copy"};
+  auto plan = planMatrix(r, engines, {"container", "vm"});
+  ASSERT_TRUE(plan.ok()) << plan.error().text();
+  for (auto& c : *plan)
+    if (c.engine == "libvirt") EXPECT_EQ(c.status, "unsupported") << c.key();
 }
 
 }  // namespace

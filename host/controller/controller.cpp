@@ -209,6 +209,9 @@ RunOutcome runOnce(const RunSpec& spec) {
     }
     rec["status"] = status;
     if (err) rec["error"] = errorJson(*err, phase);
+    // A run that did not finish while a stop was asked for (its failure may be the stop's doing)
+    // is marked, so compare and the report do not count it as the engine's failure, nor as a figure.
+    if (status != "ok" && spec.cancelled && spec.cancelled()) rec["interrupted"] = true;
     if (status == "ok" && rec.contains("teardown_error")) {
       rec["status"] = "failed";
       rec["error"] = Json{{"message", "the sandbox was not torn down cleanly: " + rec["teardown_error"].get<std::string>()},
@@ -231,7 +234,7 @@ RunOutcome runOnce(const RunSpec& spec) {
 
   auto stopRequested = [&] { return spec.cancelled && spec.cancelled(); };
   auto interrupted = [&](const std::string& phase) {
-    return finish("failed", makeError("interrupted; the sandbox was torn down"), phase);
+    return finish("failed", makeError("interrupted by a signal before the run finished; the sandbox was torn down"), phase);
   };
   // Sleep that ends early when the run is cancelled; false when it was.
   auto waitMs = [&](int ms) {
@@ -262,6 +265,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     if (!mode.ok()) return finish("unsupported", mode.error(), "capabilities");
     rec["mode"] = *mode;
 
+    if (stopRequested()) return interrupted("capabilities");
     // 2. Sandbox and prober.
     progress(fmt::format("starting the {} sandbox", spec.runtime));
     SandboxOptions so;
@@ -336,6 +340,7 @@ RunOutcome runOnce(const RunSpec& spec) {
     rec["scenario_checks"] = {{"before", checksJson(*sc, before)}};
     rec["workload"]["memory"] = workloadMemory(before.digest);
 
+    if (stopRequested()) return interrupted("state-before");
     // 4. Checkpoint (every agent connection is closed: agentCall closes its own).
     imageDir = (spec.imageRoot.empty() ? fs::path("/var/tmp/crbench/images") : spec.imageRoot) / out.runId;
     if (auto st = makeDirs(imageDir.parent_path(), 0700); !st.ok()) return finish("failed", st.error(), "image-dir");

@@ -77,6 +77,9 @@ class Engine {
   virtual ~Engine() = default;
   virtual std::string name() const = 0;
   virtual Capabilities capabilities() = 0;
+  // The runtimes the engine could ever work on, known without probing ({} = ask capabilities()):
+  // lets compare skip an expensive probe (libvirt starts a daemon) when no such runtime is asked.
+  virtual std::vector<RuntimeKind> staticRuntimes() const { return {}; }
   // Checkpoint the sandbox into ctx.imageDir. On failure the workload must be left running
   // (thawed) or, when that is impossible, killed and the error must say so.
   virtual Result<PhaseReport> checkpoint(Sandbox& sandbox, const CheckpointContext& ctx) = 0;

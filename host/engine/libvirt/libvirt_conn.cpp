@@ -106,31 +106,40 @@ void stopDaemon(OwnDaemon& d) {
   }
 }
 
+const std::string kSystemLogSocket = "/run/libvirt/virtlogd-sock";
+// virtlogd exits after this long with no client and no domain log open. It cannot count on
+// crbench to stop it: a SIGKILLed crbench runs no destructor (libvirtd's own -t covers libvirtd).
+// The timer may also run out between two domains of one run, so ensureLogDaemon() starts it again
+// before each domain start or restore.
+constexpr const char* kLogDaemonIdleSeconds = "120";
+
+Result<pid_t> startLogDaemon(const fs::path& dir) {
+  std::string virtlogd = findBinary("CRBENCH_VIRTLOGD", "virtlogd");
+  if (::access(virtlogd.c_str(), X_OK) != 0)
+    return makeError(fmt::format("libvirtd needs virtlogd, which is not running and cannot be "
+                                 "started: {} is not an executable file",
+                                 virtlogd),
+                     "install libvirt-daemon-system (scripts/setup.sh) or set CRBENCH_VIRTLOGD");
+  RunOptions ro;
+  ro.timeout = std::chrono::seconds(30);
+  CRB_ASSIGN(auto r, runCommand({virtlogd, "-d", "-t", kLogDaemonIdleSeconds, "-p", (dir / "virtlogd.pid").string()}, ro));
+  if (!r.succeeded()) return makeError(fmt::format("starting virtlogd ({}) failed: {}", virtlogd, r.describe()));
+  return readPidFile(dir / "virtlogd.pid");
+}
+
 Result<std::unique_ptr<OwnDaemon>> startDaemon(const fs::path& dir) {
   auto d = std::make_unique<OwnDaemon>();
   d->dir = dir;
   auto t0 = Clock::now();
   std::string libvirtd = findBinary("CRBENCH_LIBVIRTD", "libvirtd");
-  std::string virtlogd = findBinary("CRBENCH_VIRTLOGD", "virtlogd");
   if (::access(libvirtd.c_str(), X_OK) != 0)
     return makeError(fmt::format("no libvirt daemon answers and libvirtd cannot be started: {} is "
                                  "not an executable file",
                                  libvirtd),
                      "install libvirt-daemon-system (scripts/setup.sh) or set CRBENCH_LIBVIRTD");
 
-  const std::string sysLogSock = "/run/libvirt/virtlogd-sock";
-  if (!unixSocketAnswers(sysLogSock)) {
-    if (::access(virtlogd.c_str(), X_OK) != 0)
-      return makeError(fmt::format("libvirtd needs virtlogd, which is not running and cannot be "
-                                   "started: {} is not an executable file",
-                                   virtlogd),
-                       "install libvirt-daemon-system (scripts/setup.sh) or set CRBENCH_VIRTLOGD");
-    RunOptions ro;
-    ro.timeout = std::chrono::seconds(30);
-    CRB_ASSIGN(auto r, runCommand({virtlogd, "-d", "-p", (dir / "virtlogd.pid").string()}, ro));
-    if (!r.succeeded())
-      return makeError(fmt::format("starting virtlogd ({}) failed: {}", virtlogd, r.describe()));
-    CRB_ASSIGN(d->virtlogdPid, readPidFile(dir / "virtlogd.pid"));
+  if (!unixSocketAnswers(kSystemLogSocket)) {
+    CRB_ASSIGN(d->virtlogdPid, startLogDaemon(dir));
   }
 
   // Only the sockets move into the private directory; a privileged libvirtd keeps its driver
@@ -235,6 +244,20 @@ Connection::~Connection() {
   }
   d.lockFd = -1;
   stopDaemon(d);
+}
+
+Status Connection::ensureLogDaemon() {
+  if (daemonDir_.empty() || unixSocketAnswers(kSystemLogSocket)) return success();
+  // Under <dir>/lock, like any start or stop of the private daemon: another crbench sharing it
+  // may be doing the same.
+  Fd lockFd(::open((daemonDir_ / "lock").c_str(), O_RDWR | O_CLOEXEC));
+  if (!lockFd.valid() || !lockWithin(lockFd.get(), std::chrono::seconds(60)))
+    return makeError(fmt::format("virtlogd is gone and {} could not be locked to start it again", (daemonDir_ / "lock").string()));
+  if (unixSocketAnswers(kSystemLogSocket)) return success();
+  spdlog::debug("libvirt: virtlogd exited while idle; starting it again");
+  CRB_ASSIGN(pid_t pid, startLogDaemon(daemonDir_));
+  if (daemon_) daemon_->virtlogdPid = pid;
+  return success();
 }
 
 Json Connection::describe() const {

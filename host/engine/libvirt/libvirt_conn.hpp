@@ -47,6 +47,9 @@ class Connection {
   bool ownsDaemon() const { return daemon_ != nullptr; }
   // libvirt and hypervisor versions, URI, whether crbench started the daemon.
   Json describe() const;
+  // Before a domain starts: crbench's virtlogd exits when idle (so that it cannot outlive a killed
+  // crbench), and the QEMU driver needs it; start it again if it went. No-op for a system daemon.
+  Status ensureLogDaemon();
 
  private:
   friend Result<std::shared_ptr<Connection>> connect();

@@ -181,6 +181,7 @@ std::string bytesText(uint64_t b) { return fmt::format("{:.1f} MiB", b / 1048576
 class LibvirtEngine : public Engine {
  public:
   std::string name() const override { return "libvirt"; }
+  std::vector<RuntimeKind> staticRuntimes() const override { return {RuntimeKind::Vm}; }
 
   Capabilities capabilities() override {
     Capabilities c;
@@ -277,6 +278,7 @@ class LibvirtEngine : public Engine {
     unsigned flags = VIR_DOMAIN_SAVE_RUNNING;
     bool bypass = optionTrue(ctx.options, "bypass-cache", false);
     if (bypass) flags |= VIR_DOMAIN_SAVE_BYPASS_CACHE;
+    CRB_CHECK(sb->connection().ensureLogDaemon());
     auto t0 = Clock::now();
     int rc = virDomainRestoreFlags(sb->connection().get(), file.c_str(), nullptr, flags);
     r.phasesMs["restore"] = msSince(t0);
@@ -312,6 +314,7 @@ class LibvirtEngine : public Engine {
     virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(dom, name.c_str(), 0);
     if (!snap) return lastError(fmt::format("libvirt snapshot '{}' of {}", name, sb.domainName()),
                                 "the snapshot metadata is gone; take a new checkpoint");
+    CRB_CHECK(sb.connection().ensureLogDaemon());
     auto t0 = Clock::now();
     int rc = virDomainRevertToSnapshot(snap, VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING);
     r.phasesMs["revert"] = msSince(t0);

@@ -199,6 +199,11 @@ Result<std::unique_ptr<Sandbox>> LibvirtSandbox::start(const Scenario& scenario,
 
   sb->dom_ = virDomainDefineXML(sb->conn_->get(), xml.c_str());
   if (!sb->dom_) return lastError("define libvirt domain " + s.name);
+  if (auto st = sb->conn_->ensureLogDaemon(); !st) {
+    Error e = st.error();
+    (void)sb->stop();
+    return e;
+  }
   auto t0 = Clock::now();
   if (virDomainCreate(sb->dom_) != 0) {
     Error e = lastError("start libvirt domain " + s.name);

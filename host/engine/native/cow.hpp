@@ -7,6 +7,17 @@
 // memory exactly as it was at the freeze. Downtime no longer grows with the memory's size (only
 // the page-table walk of the protection does).
 //
+// Armed before the freeze (arm()): while the tree still runs, each process gets its userfaultfd
+// and its writable private anonymous memory is registered and write-protected (the page-table walk
+// that used to be most of the freeze). Until the freeze the handler only lifts the protection of a
+// page the tree writes (no copy: there is no snapshot yet). In the freeze, one read-only
+// PAGEMAP_SCAN per mapping, the walk the layout does anyway, lists its data pages and, among them,
+// those not write-protected now (written since arming, new, or refilled after MADV_DONTNEED): only
+// those are protected again. The kernel's own page-table bits are the record, not the handler's
+// bookkeeping, so nothing written between arming and freeze can be missed. From the first look in
+// the freeze the handler copies before it lifts a protection. A process forked or a mapping made
+// after arming is protected whole in the freeze, as without arming.
+//
 // If crbench dies, its userfaultfd (the only reference) is released: the kernel wakes every
 // blocked writer and clears every protection. If the tree unmaps or discards protected memory
 // before it was copied (munmap, madvise, mremap: reported as uffd events), the old content is
@@ -18,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,10 +45,18 @@ class CowSession : public MemoryCapture {
  public:
   explicit CowSession(std::filesystem::path dir) : dir_(std::move(dir)) {}
   ~CowSession() override;
+  // While the tree runs, before the freeze: seize it for a moment to give every process a
+  // userfaultfd (the pause is measured), let it run, then register and write-protect its writable
+  // private anonymous memory and start the handler. An error leaves the tree running unprotected.
+  Status arm(const std::vector<pid_t>& roots);
+  Status trackedPages(pid_t pid, uint64_t start, uint64_t end, bool* handled, std::vector<PageRun>* pages) override;
   Status frozen(DumpCtx& c, pid_t pid, ProcessState& ps) override;
   void released() override;
   Status afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) override;
   bool ownsRegistration(pid_t pid, uint64_t start, uint64_t end) const override;
+  // Shared memory is not write-protected: the dump reads each object in the freeze; this only
+  // records it (and why) for the figures.
+  Status frozenShmem(DumpCtx& c, ShmemObject& o, int fd, bool* handled) override;
   Json figures() const override;
   const char* mode() const override { return "cow"; }
   // While the tree still runs, right before the freeze: each process's layout with VmFlags
@@ -58,17 +78,32 @@ class CowSession : public MemoryCapture {
     std::string failure;
     uint64_t faultCopies = 0, faults = 0, backgroundPages = 0, frozenPages = 0;
     double maxFaultUs = 0;
+    // Armed before the freeze: the ranges registered then (the tree may have changed them since:
+    // each is registered again, harmlessly, before it is trusted in the freeze).
+    std::vector<std::pair<uint64_t, uint64_t>> armed;
+    bool snapshot = false;  // the freeze has begun: a fault copies the page before unprotecting
+    // Pages copied by a fault in the freeze before their mapping's range was set up.
+    std::set<uint64_t> early;
+    uint64_t armedFaults = 0, reprotected = 0, armedPages = 0;
   };
+  Range makeRange(Proc& p, uint64_t start, uint64_t end, const std::vector<PageRun>& pages);
+  Status setupProc(DumpCtx* c, pid_t pid, std::unique_ptr<Proc>* out);
   void serve();  // handler thread: every process's uffd
   void stopHandler();
   Status copyPending(Proc& p, Range& r, uint64_t from, uint64_t to, bool* any);
   std::filesystem::path dir_;
   std::map<pid_t, std::unique_ptr<Proc>> procs_;
+  mutable std::mutex procsMu_;  // procs_'s shape: the handler polls every uffd, new ones in the freeze
+  std::atomic<uint64_t> procsGen_{0};
+  bool armedBeforeFreeze_ = false;
+  std::string armSkipped_;  // why arming was not done (figures)
+  double armPauseMs_ = 0, armProtectMs_ = 0, reprotectMs_ = 0;
   std::thread handler_;
   std::atomic<bool> stop_{false};
   Fd wake_;  // eventfd that ends the handler's poll
   double protectMs_ = 0, frozenCopyMs_ = 0, backgroundMs_ = 0, lookMs_ = -1;
   std::map<pid_t, std::vector<MapsLine>> looked_;
+  Json shared_ = Json::array();  // shared memory objects copied in the freeze, and why
 };
 
 }  // namespace crb::native

@@ -9,6 +9,7 @@
 
 #include <chrono>
 
+#include "engine/native/freeze_trace.hpp"
 #include "engine/native/internal.hpp"
 #include "engine/native/capture.hpp"
 #include "engine/native/incremental.hpp"
@@ -153,6 +154,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
       return st.error().context("--freeze-cgroup (left thawed)");
     }
   }
+  freezeTrace("dump_start");
   CRB_CHECK(seizure.seizeTree(root, thaw, opts.moreRoots));
   CRB_CHECK(dumpClocks(c, root));  // namespaces.cpp: the clocks the tree stopped at
   opts.mark("frozen");
@@ -179,11 +181,16 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
     }
     CRB_CHECK(seizure.prepareInjection(pid));
     CRB_CHECK(dumpProcessAttrs(c, pid, ps));
+    freezeTrace("attrs");
     CRB_CHECK(dumpThreads(c, pid, ps));
+    freezeTrace("threads");
     CRB_CHECK(dumpSignals(c, pid, ps));
+    freezeTrace("signals");
     CRB_CHECK(dumpPosixTimers(c, pid, ps));  // events.cpp
+    freezeTrace("timers");
     if (opts.track && !c.parent) opts.track->attach(seizure, pid);  // incremental.cpp: for the next dump
     CRB_CHECK(seizure.finishInjection(pid));
+    freezeTrace("finish_injection");
   }
   c.stats.processes = c.tree.procs.size();
   lap("process_state");
@@ -192,11 +199,14 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   lap("ns_pids");
   CRB_CHECK(dumpFiles(c));
   lap("files");
+  freezeTrace("files");
   for (auto& ps : c.tree.procs)
     if (!ps.zombie) CRB_CHECK(dumpMemoryLayout(c, ps.pid, ps));
   lap("memory_layout");
+  freezeTrace("memory_layout");
   CRB_CHECK(dumpSysvIpc(c));
   lap("sysv_ipc");
+  freezeTrace("sysv_ipc_end");
   if (opts.namespaceRoot) CRB_CHECK(dumpNamespaceContents(c, root));  // namespaces.cpp
   c.stats.phasesMs["state"] = msSince(t1);
   if (!c.unsupported.empty()) {
@@ -210,9 +220,13 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
     CRB_ASSIGN(auto blobs, ImageWriter::create(dir, "blobs.img"));
     c.blobs.emplace(std::move(blobs));
   }
+  freezeTrace("blobs_create");
   CRB_CHECK(dumpPipeData(c));
+  freezeTrace("pipe_data");
   CRB_CHECK(dumpFileContents(c));
+  freezeTrace("file_contents");
   CRB_CHECK(dumpShmemObjects(c));
+  freezeTrace("shmem_objects");
   lap("pipes_files_shmem");
   for (auto& ps : c.tree.procs)
     if (!ps.zombie)
@@ -220,6 +234,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
                 : c.parent    ? dumpIncrementalPages(c, ps.pid, ps)  // incremental.cpp
                               : dumpMemoryPages(c, ps.pid, ps));
   lap(opts.capture ? "final_pages" : "pages");
+  freezeTrace("final_pages");
   c.stats.phasesMs["memdump"] = msSince(t2);
   if (opts.capture) {
     // Everything is captured: the tree runs again before a byte of the image is written, its
@@ -229,6 +244,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
     lap("undo");
     seizure.release();
     lap("release");
+    freezeTrace("release");
     c.stats.frozenMs = msSince(t0);
     // The holder of the prober's agent (container) lets it go on "resumed": before the trackers
     // are dropped, which walks the page tables again (COW's handler starts a moment later).
@@ -253,6 +269,7 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   }
   auto t3 = Clock::now();
   CRB_CHECK(c.blobs->commit(opts.sync));
+  for (auto& w : c.writeAfterFreeze) CRB_CHECK(w());
   translatePids(c);
   for (auto& ps : c.tree.procs) CRB_CHECK(writeJsonImage(dir, fmt::format("core-{}.img", ps.pid), Json(ps), opts.sync));
   Json files{{"files", c.tree.files}, {"pipes", c.tree.pipes}, {"shmem", c.tree.shmem}, {"mapped", c.tree.mapped},

@@ -241,9 +241,10 @@ Status dumpFiles(DumpCtx& c) {
 }
 
 Status dumpFileContents(DumpCtx& c) {
-  std::vector<char> buf(1 << 20);
+  std::vector<char> buf;  // allocated (and zeroed) only when there is a deleted file: 0.3-1 ms in the freeze
   for (auto& f : c.tree.files) {
     if (f.kind != "deleted") continue;
+    if (buf.empty()) buf.resize(1 << 20);
     auto [pid, fd] = c.fileRep.at(f.id);
     std::string proc = fmt::format("/proc/{}/fd/{}", pid, fd);
     Fd in(::open(proc.c_str(), O_RDONLY | O_CLOEXEC));

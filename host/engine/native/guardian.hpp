@@ -118,6 +118,9 @@ class Guardian {
   // (priority, then age), taken out and put back by the guardian (see above). `pauseMs`: the
   // guardian waits that long with the queue drained (fault tests only).
   Result<std::vector<std::pair<unsigned, std::string>>> readMessageQueue(pid_t pid, int fd, int pauseMs = 0);
+  // The guardian process (forked, never touching SysV semaphores): sysv_ipc.cpp's reference for
+  // a process without a SEM_UNDO list.
+  pid_t pid() const { return child_; }
 
  private:
   Guardian() = default;

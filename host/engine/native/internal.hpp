@@ -120,6 +120,9 @@ struct DumpCtx {
   std::set<int> shmemCaptured;
   std::map<int, std::vector<char>> shmemHeld;
   std::shared_ptr<struct ParentIndex> parent;  // incremental dump (incremental.hpp)
+  // Image files whose content was taken during the freeze, written once the tree runs again (a
+  // file's create/commit/rename costs 1-2 ms each): run in order with the other image writes.
+  std::vector<std::function<Status()>> writeAfterFreeze;
 };
 
 Status dumpProcessAttrs(DumpCtx& c, pid_t pid, ProcessState& ps);  // process.cpp

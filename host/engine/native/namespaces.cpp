@@ -73,7 +73,9 @@ Status dumpClocks(DumpCtx& c, pid_t root) {
          {"boottime_ns", nowNs(CLOCK_BOOTTIME) + treeOff["boottime"] - selfOff["boottime"]},
          {"tree_time_ns", theirs.ok() ? *theirs : ""},
          {"dumper_time_ns", mine.ok() ? *mine : ""}};
-  return writeJsonImage(c.dir, "namespaces.img", j, c.opts.sync);
+  // The clocks are read now, in the freeze; the file is written with the rest of the image.
+  c.writeAfterFreeze.push_back([&c, j]() { return writeJsonImage(c.dir, "namespaces.img", j, c.opts.sync); });
+  return success();
 }
 
 Status enterTimeNamespace(RestoreCtx& c) {

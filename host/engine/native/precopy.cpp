@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "engine/native/freeze_trace.hpp"
 #include "engine/native/incremental.hpp"
 #include "engine/native/internal.hpp"
 #include "engine/native/procfs.hpp"
@@ -280,7 +281,10 @@ Result<std::unique_ptr<PreCopySession>> PreCopySession::start(pid_t root, const 
   return s;
 }
 
-PreCopySession::~PreCopySession() { stopTracking(); }
+PreCopySession::~PreCopySession() {
+  stopTracking();
+  if (finalBuf_) ::munmap(finalBuf_, finalBufPages_ * kPage);
+}
 
 void PreCopySession::stopTracking() {
   for (auto& [pid, p] : procs_)
@@ -479,6 +483,7 @@ Status PreCopySession::iterate() {
     uint64_t dirty = 0;
     double ms = 0;
     CRB_CHECK(round(n, fig, &dirty, &ms));
+    lastRoundDirty_ = dirty;
     fig_["rounds"].push_back(fig);
     if (n > 0) {
       double estimate = bytesPerMs_ > 0 ? double(dirty * kPage) / bytesPerMs_ : ms;
@@ -519,6 +524,17 @@ Status PreCopySession::lookBeforeFreeze() {
     if (maps.ok()) p.layout = std::move(*maps);
   }
   fig_["layout_look_ms"] = msSince(t0);
+  // Room for twice the last round's dirty set plus new pages; more than that is allocated in the
+  // freeze as before. MAP_POPULATE faults it in now, while the tree runs.
+  auto tb = Clock::now();
+  uint64_t want = std::min<uint64_t>(2 * lastRoundDirty_ + 512, 16384);
+  void* m = ::mmap(nullptr, want * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (m != MAP_FAILED) {
+    finalBuf_ = static_cast<char*>(m);
+    finalBufPages_ = want;
+  }
+  fig_["final_buffer_pages"] = finalBufPages_;
+  fig_["final_buffer_ms"] = msSince(tb);
   return success();
 }
 
@@ -635,11 +651,20 @@ Status PreCopySession::frozen(DumpCtx& c, pid_t pid, ProcessState& ps) {
   }
   // Into memory, not the store file: a write per scattered page would cost more than the copy.
   // afterThaw() puts them in the store.
+  freezeTrace("final_collect");
   p.held = mergeRuns(std::move(take));
   uint64_t pages = 0;
   for (auto& r : p.held) pages += r.pages;
-  p.heldData.reset(new char[std::max<uint64_t>(pages, 1) * kPage]);
-  if (auto st = readRuns(pid, p.held, p.heldData.get()); !st.ok()) return st.error().context("pre-copy final round");
+  if (finalBuf_ && finalBufUsed_ + pages <= finalBufPages_) {
+    p.heldAt = finalBuf_ + finalBufUsed_ * kPage;
+    finalBufUsed_ += pages;
+  } else {
+    p.heldData.reset(new char[std::max<uint64_t>(pages, 1) * kPage]);
+    p.heldAt = p.heldData.get();
+  }
+  freezeTrace("final_alloc");
+  if (auto st = readRuns(pid, p.held, p.heldAt); !st.ok()) return st.error().context("pre-copy final round");
+  freezeTrace(fmt::format("final_read_{}p_{}runs", pages, p.held.size()).c_str());
   Json& f = fig_["final"];
   if (f.is_null()) f = {{"pages", 0}, {"dirty_pages", 0}, {"ms", 0.0}};
   f["pages"] = f["pages"].get<uint64_t>() + pages;
@@ -652,13 +677,14 @@ Status PreCopySession::afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) {
   auto it = procs_.find(pid);
   if (it == procs_.end() || it->second.direct) return success();  // written by finalCopy
   Proc& p = it->second;
-  const char* at = p.heldData.get();
+  const char* at = p.heldAt;
   for (auto& r : p.held) {
     CRB_CHECK(p.store->put(r.addr, r.pages, at));
     at += r.pages * kPage;
   }
   p.held.clear();
   p.heldData.reset();
+  p.heldAt = nullptr;
   // incremental.hpp: with --parent only the pages that differ from the parent's are stored.
   CRB_ASSIGN(auto w, PageSink::open(c, pid, ps));
   uint64_t bytes = 0;

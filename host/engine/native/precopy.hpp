@@ -111,7 +111,8 @@ class PreCopySession : public MemoryCapture {
     std::map<uint64_t, std::vector<PageRun>> finalDirty;
     // Frozen: the final round's pages, read into memory (held) and stored after the thaw.
     std::vector<PageRun> held;
-    std::unique_ptr<char[]> heldData;
+    std::unique_ptr<char[]> heldData;  // when the final buffer had no room left
+    char* heldAt = nullptr;            // held pages: in finalBuf_ or heldData
     std::vector<ShmRange> shmRanges;  // shared memory mappings registered by us
   };
   // Shared memory (shared anonymous, memfd, deleted tmpfs) is pre-copied per object, by offset,
@@ -137,6 +138,11 @@ class PreCopySession : public MemoryCapture {
   std::chrono::steady_clock::time_point lastCollect_;
   double bytesPerMs_ = 0;  // copy speed measured in the rounds
   std::string method_;     // DirtyTracker::kUffdWp or kSoftDirty
+  // The final round's destination, mapped and faulted in before the freeze (lookBeforeFreeze):
+  // a page fault costs 2-4 us on this VM, paid by the freeze for every page of a fresh buffer.
+  uint64_t lastRoundDirty_ = 0;
+  char* finalBuf_ = nullptr;
+  uint64_t finalBufPages_ = 0, finalBufUsed_ = 0;
 };
 
 }  // namespace crb::native

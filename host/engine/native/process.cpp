@@ -15,6 +15,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "engine/native/freeze_trace.hpp"
 #include "engine/native/internal.hpp"
 #include "engine/native/procfs.hpp"
 
@@ -132,9 +133,12 @@ Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw, const
       }
       for (pid_t ch : listChildren(p)) queue.push_back(ch);
     }
+    freezeTrace("seize_walk");
     faultPoint("frozen");
     Status thawed = thaw();
+    freezeTrace("seize_thaw");
     Status stopped = waitPending();
+    freezeTrace("seize_waitpending");
     CRB_CHECK(walked);
     CRB_CHECK(thawed);
     CRB_CHECK(stopped);
@@ -166,6 +170,7 @@ Status Seizure::seizeTree(pid_t root, const std::function<Status()>& thaw, const
     }
     order = seen;
   }
+  freezeTrace("seize_rewalk");
   for (auto it = procs.begin(); it != procs.end();) {
     if (it->second.tids.empty()) it = procs.erase(it);
     else ++it;
@@ -250,15 +255,19 @@ Status Seizure::safetyStop(pid_t pid) {
 }
 
 Status Seizure::prepareInjection(pid_t pid) {
+  freezeTrace("prep_start");
   CRB_CHECK(safetyStop(pid));
+  freezeTrace("prep_safetystop");
   auto& rp = procs.at(pid);
   CRB_ASSIGN(rp.syscallInsn, findSyscallInsn(pid));
+  freezeTrace("prep_findsyscall");
   CRB_CHECK(guard_->noteMapping(pid, rp.syscallInsn));
   auto inj = injector(pid, pid);
   CRB_ASSIGN(long a, inj.check("map a scratch page", SYS_mmap, 0, kPage, PROT_READ | PROT_WRITE,
                                 MAP_PRIVATE | MAP_ANONYMOUS, uint64_t(-1), 0));
   noteStray(inj);
   rp.scratch = uint64_t(a);
+  freezeTrace("prep_mmap");
   guard_->noteScratch(pid, rp.scratch);
   return success();
 }
