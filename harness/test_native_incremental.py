@@ -3,6 +3,7 @@ restore reads a chain of any depth, `crbench cr flatten` makes it self-contained
 replaced or corrupt parent is refused naming it. tp_precopy rewrites known patterns at a set rate
 between the dumps and checks every byte of every page after the restore."""
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -16,7 +17,7 @@ def dump(p, img, *extra, leave=True):
     return json.loads(d.stdout)
 
 
-def chain(tmp_path, depth, size_mib=32, rate=32):
+def chain(tmp_path, depth, size_mib=32, rate=8):
     """A base and `depth` incremental dumps of tp_precopy (the last one stop-and-copy)."""
     go = tmp_path / "go"
     p, log = start([prog("tp_precopy"), str(go), str(size_mib), str(rate)], tmp_path)
@@ -120,3 +121,54 @@ def test_memory_scenario_in_container(results_dir):
         assert chain["method"].startswith("uffd-wp-async+pagemap-scan") and inc["unchanged_not_read_pages"] > 0, inc
     for c in rec["sandbox"]["cgroups"]:
         assert not Path(c).exists(), f"cgroup {c} left behind"
+
+
+def test_precopy_and_cow_children_store_only_changed_pages(tmp_path):
+    """base (stop-and-copy, left running) -> pre-copy child -> COW child while tp_precopy rewrites
+    pages at 2 MiB/s (slow enough that a loaded machine still leaves most pages unchanged): each child stores only the pages that differ from its parent's, whichever way
+    they were captured; the restore from the chain checks every byte."""
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), "32", "2"], tmp_path)
+    wait_for(log, "READY")
+    base, pc, cw = tmp_path / "base", tmp_path / "precopy", tmp_path / "cow"
+    full = dump(p, base)
+    f_pc = dump(p, pc, "--pre-copy", "--parent", base, leave=False)
+    f_cw = dump(p, cw, "--cow", "--parent", pc, leave=False)
+    for f in (f_pc, f_cw):
+        inc = f["memory"]["incremental"]
+        assert 0 < inc["stored_pages"] < inc["pages"] and inc["pages"] >= 32 * 256, inc
+        assert inc["stored_pages"] + inc["unchanged_pages"] == inc["pages"], inc
+        assert f["bytes_written"] < full["bytes_written"] / 2, (f["bytes_written"], full["bytes_written"])
+    assert "rounds" in json.dumps(f_pc["memory"]) and "cow" in f_cw["memory"]["method"], (f_pc["memory"], f_cw["memory"])
+    s = cr("show", "--json", cw)
+    assert s.returncode == 0, s.stderr
+    shown = json.loads(s.stdout)["chain"]
+    assert [Path(l["path"]).name for l in shown] == ["cow", "precopy", "base"], shown
+    assert [l.get("capture") for l in shown] == ["cow", "pre-copy", None], shown
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    restore_pass(go, log, cw)
+
+
+def test_precopy_with_a_tampered_parent_is_refused_before_the_rounds(tmp_path):
+    """A parent whose pages were changed after its dump is refused by name before any pre-copy round
+    (nothing is write-protected or frozen): the program runs on and passes its own check."""
+    need_root()
+    go = tmp_path / "go"
+    p, log = start([prog("tp_precopy"), str(go), "8", "4"], tmp_path)
+    wait_for(log, "READY")
+    base = tmp_path / "base"
+    dump(p, base)
+    pages = next(base.glob("pages-*.img"))
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    pages.write_bytes(bytes(data))
+    for mode in ("--pre-copy", "--cow"):
+        r = cr("dump", "--no-sync", "--tree", p.pid, "--images", tmp_path / mode.strip("-"), mode, "--parent", base)
+        assert r.returncode != 0 and str(pages) in r.stderr and "checksum" in r.stderr, r.stderr
+        assert not list((tmp_path / mode.strip("-")).glob("*.img"))
+    go.touch()
+    assert p.wait(timeout=20) == 0, log.read_text()
+    out = log.read_text()
+    assert "PASS" in out and "FAIL" not in out, out

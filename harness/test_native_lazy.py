@@ -117,5 +117,53 @@ def test_memory_scenario_in_container(results_dir):
     lazy = rec["engine_report"]["restore"]["engine_figures"]["lazy"]
     assert lazy["lazy_data_pages"] >= 64 * 256 and lazy["resumed_to_all_pages_ms"] > 0, lazy
     assert rec["engine_report"]["restore"]["phases_ms"]["restore_to_resumed"] > 0
+    # Time to resumed, to the prober's first reply (from the restore's start) and to all pages in.
+    assert 0 < lazy["restore_to_resumed_ms"] <= lazy["restore_to_all_pages_ms"], lazy
+    assert lazy["restore_start_to_first_reply_ms"] is not None and lazy["restore_start_to_first_reply_ms"] > 0, lazy
     for c in rec["sandbox"]["cgroups"]:
         assert not Path(c).exists(), f"cgroup {c} left behind"
+
+
+def lazy_restore(img, delay_ms=1000):
+    return subprocess.run([crbench_bin(), "cr", "restore", "--lazy", "--json", "--images", str(img)],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, close_fds=True,
+                          env=dict(os.environ, CRBENCH_LAZY_PUSH_DELAY_MS=str(delay_ms)))
+
+
+def test_corrupt_chunk_found_while_serving_kills_the_tree(tmp_path):
+    """Pages are verified chunk by chunk as they are served, not before the tree runs: a byte
+    flipped in pages-<pid>.img after the dump is found once the tree runs (it faults on it), the
+    tree is killed and the restore fails naming the file and the chunk's offset."""
+    need_root()
+    go, log, img, pid = dumped(tmp_path, 16)
+    pages = next(img.glob("pages-*.img"))
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    pages.write_bytes(bytes(data))
+    go.touch()
+    r = lazy_restore(img)
+    out = log.read_text()
+    assert r.returncode != 0, f"restore of a corrupt image succeeded: {r.stderr}\nprogram: {out}"
+    assert "restored tree running" in r.stderr, f"the corruption was found before the tree ran: {r.stderr}"
+    assert "tree was killed" in r.stderr and str(pages) in r.stderr and "payload offset" in r.stderr, r.stderr
+    assert "PASS" not in out, out
+    assert keeper_and_tree_gone(img, pid) == []
+
+
+def test_image_without_chunk_sums_is_verified_whole_before_the_tree_runs(tmp_path):
+    """An image from before chunk sums (no pagecrc-<pid>.img) still restores lazily, every byte
+    right; corrupt, it is refused before the tree runs."""
+    need_root()
+    go, log, img, pid = dumped(tmp_path, 16)
+    for f in img.glob("pagecrc-*.img"):
+        f.unlink()
+    go.touch()
+    r = lazy_restore(img, 0)
+    out = log.read_text()
+    assert r.returncode == 0 and out.count("PASS") == 1 and "FAIL" not in out, f"{r.stderr}\nprogram: {out}"
+    pages = next(img.glob("pages-*.img"))
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    pages.write_bytes(bytes(data))
+    r = lazy_restore(img, 0)
+    assert r.returncode != 0 and "restored tree running" not in r.stderr and pages.name in r.stderr, r.stderr

@@ -8,6 +8,7 @@
 #include "cli/command.hpp"
 #include "core/fsutil.hpp"
 #include "core/json.hpp"
+#include "engine/native/incremental.hpp"
 #include "engine/native/native.hpp"
 #include "engine/native/cow.hpp"
 #include "engine/native/precopy.hpp"
@@ -116,6 +117,12 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       std::unique_ptr<native::PreCopySession> session;
       std::unique_ptr<native::CowSession> cow;
       if (o->preCopy && o->cow) return reportError(makeError("--pre-copy and --cow exclude each other"));
+      if (!o->parent.empty()) {
+        // Checked before any pre-copy round or protection: a bad parent touches nothing.
+        auto idx = native::loadParentIndex(o->parent, o->images);
+        if (!idx.ok()) return reportError(idx.error().context("--parent " + o->parent));
+        opts.parentIndex = *idx;
+      }
       if (o->cow) {
         cow = std::make_unique<native::CowSession>(o->images);
         if (auto st = cow->arm({o->tree}); !st.ok())
@@ -208,7 +215,9 @@ std::function<int()> setupCr(CLI::App& app, GlobalOptions&) {
       std::printf("  incremental: chain of %zu images (newest first)\n", j["chain"].size());
       for (auto& l : j["chain"])
         std::printf("    %s uuid %s%s\n", l["path"].get<std::string>().c_str(), l["uuid"].get<std::string>().c_str(),
-                    l["incremental"].get<bool>() ? (" (incremental, " + l.value("method", "") + ")").c_str() : " (full)");
+                    l["incremental"].get<bool>()
+                        ? (" (incremental, " + l.value("capture", "") + ", " + l.value("method", "") + ")").c_str()
+                        : " (full)");
       for (auto& p : j["processes"])
         if (p.contains("stored_pages"))
           std::printf("    pid %d: %llu of %llu pages stored in this image\n", p["pid"].get<int>(),

@@ -30,6 +30,8 @@ class MemoryCapture {
   // Is [start, end) of pid registered (uffd-wp) by this capture, not by the tree itself?
   virtual bool ownsRegistration(pid_t pid, uint64_t start, uint64_t end) const = 0;
   virtual Json figures() const = 0;
+  // The engine mode's name, recorded in an incremental image (incremental.cpp).
+  virtual const char* mode() const { return "capture"; }
   // The process's mappings with VmFlags as read (smaps, a page-table walk) just before the freeze
   // while the tree ran, or null. The frozen dump then reads only /proc/pid/maps (no walk) and takes
   // the flags of each identical line from here; dump.cpp checks them against a look after the

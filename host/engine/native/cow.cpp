@@ -16,6 +16,7 @@
 #include <cstdlib>
 
 #include "engine/native/dirty.hpp"
+#include "engine/native/incremental.hpp"
 #include "engine/native/internal.hpp"
 
 namespace crb::native {
@@ -480,13 +481,12 @@ Status CowSession::afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) {
                        "tree that unmaps memory this quickly");
   }
   backgroundMs_ += msSince(t0);
-  CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", c.imagePid(pid))));
+  // incremental.hpp: with --parent only the pages that differ from the parent's are stored.
+  CRB_ASSIGN(auto w, PageSink::open(c, pid, ps));
   uint64_t bytes = 0;
   for (auto& v : ps.vmas)
     if (!v.pages.empty()) CRB_CHECK(p.store->emit(v.pages, w, &bytes));
-  c.stats.pagesWritten += bytes / kPage;
-  c.stats.bytesWritten += bytes;
-  CRB_CHECK(w.commit(c.opts.sync));
+  CRB_CHECK(w.commit());  // counts what was stored
   p.store.reset();
   return success();
 }

@@ -58,6 +58,7 @@ class CowSession : public MemoryCapture {
   // records it (and why) for the figures.
   Status frozenShmem(DumpCtx& c, ShmemObject& o, int fd, bool* handled) override;
   Json figures() const override;
+  const char* mode() const override { return "cow"; }
   // While the tree still runs, right before the freeze: each process's layout with VmFlags
   // (smaps, a page-table walk), so the freeze reads only /proc/pid/maps (see capture.hpp).
   void lookBeforeFreeze(const std::vector<pid_t>& roots);

@@ -109,11 +109,14 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
     }
   } priority;
   if (!opts.parent.empty()) {
-    if (opts.capture) return makeError("an incremental dump (--parent) cannot be pre-copy or cow yet");
     // Before anything is frozen: the parent chain is checked and its page hashes loaded.
-    auto idx = loadParentIndex(opts.parent, dir);
-    if (!idx.ok()) return idx.error().context("--parent " + opts.parent.string());
-    c.parent = *idx;
+    if (opts.parentIndex) {
+      c.parent = opts.parentIndex;
+    } else {
+      auto idx = loadParentIndex(opts.parent, dir);
+      if (!idx.ok()) return idx.error().context("--parent " + opts.parent.string());
+      c.parent = *idx;
+    }
     c.stats.phasesMs["parent_index"] = c.parent->loadMs;
   }
   auto t0 = Clock::now();
@@ -287,7 +290,9 @@ static Result<DumpStats> dumpTreeImpl(pid_t root, const std::filesystem::path& d
   CRB_CHECK(writeJsonImage(dir, "inventory.img", inv, opts.sync));
   c.stats.phasesMs["write"] = msSince(t3);
   if (opts.capture) {
+    Json incremental = c.stats.memory.is_object() ? c.stats.memory.value("incremental", Json()) : Json();
     c.stats.memory = opts.capture->figures();
+    if (!incremental.is_null()) c.stats.memory["incremental"] = incremental;  // PageSink (--parent)
     return c.stats;
   }
   c.stats.frozenMs = msSince(t0);

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -26,6 +27,7 @@ uint32_t payloadCrc(const void* data, size_t len, uint32_t seed) {
 }
 
 namespace {
+constexpr uint64_t kChunkBytes = 1 << 20;  // 256 pages: one pread + CRC per chunk served lazily
 constexpr char kMagic[8] = {'C', 'R', 'B', 'N', 'A', 'T', 'I', 'V'};
 
 struct Header {
@@ -94,6 +96,7 @@ Result<ImageWriter> ImageWriter::create(const std::filesystem::path& dir, const 
   if (!w.fd_.valid()) return sysError("create image file " + w.tmp_.string(), errno);
   Header h{};
   CRB_CHECK(writeAllAt(w.fd_.get(), &h, sizeof h, -1, w.tmp_));
+  w.chunked_ = type == PayloadType::Raw && name.rfind("pages-", 0) == 0;
   return w;
 }
 
@@ -106,6 +109,8 @@ ImageWriter& ImageWriter::operator=(ImageWriter&& o) noexcept {
   size_ = o.size_;
   crc_ = o.crc_;
   committed_ = o.committed_;
+  chunked_ = o.chunked_;
+  marks_ = std::move(o.marks_);
   o.committed_ = true;
   return *this;
 }
@@ -113,8 +118,27 @@ ImageWriter::~ImageWriter() {
   if (!committed_ && !tmp_.empty()) ::unlink(tmp_.c_str());
 }
 
+void ImageWriter::markChunk() {
+  marks_.push_back(size_);
+  marks_.push_back(crc_);
+}
+
 Status ImageWriter::write(const void* data, size_t len) {
-  crc_ = payloadCrc(data, len, crc_);
+  if (!chunked_) {
+    crc_ = payloadCrc(data, len, crc_);
+  } else {
+    // Chunks end exactly every kChunkBytes here: the running CRC is split where they end.
+    auto* c = static_cast<const char*>(data);
+    for (size_t done = 0; done < len;) {
+      uint64_t since = size_ - (marks_.empty() ? 0 : marks_[marks_.size() - 2]);
+      size_t n = size_t(std::min<uint64_t>(len - done, kChunkBytes - since));
+      crc_ = payloadCrc(c + done, n, crc_);
+      size_ += n;
+      done += n;
+      if (since + n >= kChunkBytes) markChunk();
+    }
+    return writeAllAt(fd_.get(), data, len, -1, tmp_);
+  }
   size_ += len;
   return writeAllAt(fd_.get(), data, len, -1, tmp_);
 }
@@ -122,10 +146,20 @@ Status ImageWriter::write(const void* data, size_t len) {
 Status ImageWriter::writeChecked(const void* data, size_t len, uint32_t crcAfter) {
   crc_ = crcAfter;
   size_ += len;
+  // The caller's pieces are not split (their CRC is computed elsewhere): a chunk ends after the
+  // piece that reaches kChunkBytes (copyPages writes 1 MiB pieces).
+  if (chunked_ && size_ - (marks_.empty() ? 0 : marks_[marks_.size() - 2]) >= kChunkBytes) markChunk();
   return writeAllAt(fd_.get(), data, len, -1, tmp_);
 }
 
 Status ImageWriter::commit(bool sync) {
+  if (chunked_) {
+    if (size_ > (marks_.empty() ? 0 : marks_[marks_.size() - 2])) markChunk();
+    // Before the pages file is renamed into place: a pages file is never without its sums.
+    CRB_ASSIGN(auto sums, ImageWriter::create(path_.parent_path(), chunkSumsName(path_.filename().string())));
+    CRB_CHECK(sums.write(marks_.data(), marks_.size() * sizeof(uint64_t)));
+    CRB_CHECK(sums.commit(sync));
+  }
   Header h{};
   std::memcpy(h.magic, kMagic, sizeof kMagic);
   h.version = kImageFormatVersion;
@@ -216,6 +250,89 @@ Status RawImageReader::skip(uint64_t len) {
 Status RawImageReader::verifyComplete() {
   CRB_CHECK(skip(size_ - pos_));
   if (crc_ != expectCrc_) return corrupt(path_, "is corrupted (payload checksum mismatch)");
+  return success();
+}
+
+std::string chunkSumsName(const std::string& pagesName) {
+  return pagesName.rfind("pages-", 0) == 0 ? "pagecrc-" + pagesName.substr(6) : pagesName + ".crc";
+}
+
+namespace {
+Status preadAll(int fd, void* buf, size_t len, uint64_t payloadOff, const std::filesystem::path& shown) {
+  auto* c = static_cast<char*>(buf);
+  off_t off = off_t(kImageHeaderSize + payloadOff);
+  while (len) {
+    ssize_t n = ::pread(fd, c, len, off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return sysError("read image file " + shown.string(), errno);
+    if (n == 0) return corrupt(shown, "is truncated");
+    c += n;
+    len -= size_t(n);
+    off += n;
+  }
+  return success();
+}
+}  // namespace
+
+Result<ChunkedPayload> ChunkedPayload::open(const std::filesystem::path& dir, const std::string& name,
+                                            const std::filesystem::path& shown) {
+  ChunkedPayload p;
+  p.shown_ = shown;
+  auto path = dir / name;
+  p.fd_.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!p.fd_.valid()) {
+    if (errno == ENOENT) return makeError("image file " + shown.string() + " is missing", "dump again");
+    return sysError("open image file " + shown.string(), errno);
+  }
+  CRB_ASSIGN(Header h, readHeader(p.fd_.get(), shown, PayloadType::Raw));
+  p.size_ = h.size;
+  std::string sumsName = chunkSumsName(name);
+  if (!std::filesystem::exists(dir / sumsName)) return p;  // an older image: verified whole by the caller
+  auto r = RawImageReader::open(dir, sumsName);
+  if (!r.ok()) return r.error().context("chunk checksums of " + shown.string());
+  std::vector<uint64_t> marks(r->payloadSize() / 8);
+  if (r->payloadSize() % 16) return corrupt(shown.parent_path() / sumsName, "has a partial entry");
+  CRB_CHECK(r->read(marks.data(), marks.size() * 8));
+  if (auto st = r->verifyComplete(); !st.ok()) return st.error().context("chunk checksums of " + shown.string());
+  uint64_t last = 0;
+  for (size_t i = 0; i < marks.size(); i += 2) {
+    if (marks[i] <= last || marks[i + 1] > 0xffffffffull)
+      return corrupt(shown.parent_path() / sumsName, "has chunk ends out of order");
+    last = marks[i];
+    p.ends_.push_back(marks[i]);
+    p.crcs_.push_back(uint32_t(marks[i + 1]));
+  }
+  // The sums belong to this very payload: they end where it ends, with its checksum.
+  if (!p.ends_.empty() && (p.ends_.back() != p.size_ || p.crcs_.back() != h.payloadCrc))
+    return corrupt(shown.parent_path() / sumsName, "does not belong to " + name + " (size or checksum differs)");
+  if (p.ends_.empty() && p.size_) return corrupt(shown.parent_path() / sumsName, "is empty");
+  p.verified_.assign(p.ends_.size(), false);
+  return p;
+}
+
+Status ChunkedPayload::read(uint64_t off, void* buf, size_t len) {
+  if (off + len > size_) return corrupt(shown_, "is shorter than its index says");
+  if (!chunked()) return preadAll(fd_.get(), buf, len, off, shown_);
+  auto* out = static_cast<char*>(buf);
+  size_t k = size_t(std::upper_bound(ends_.begin(), ends_.end(), off) - ends_.begin());
+  for (uint64_t at = off, end = off + len; at < end; k++) {
+    uint64_t cs = k ? ends_[k - 1] : 0, ce = ends_[k], stop = std::min(end, ce);
+    if (verified_[k]) {
+      CRB_CHECK(preadAll(fd_.get(), out + (at - off), stop - at, at, shown_));
+    } else {
+      tmp_.resize(ce - cs);
+      CRB_CHECK(preadAll(fd_.get(), tmp_.data(), tmp_.size(), cs, shown_));
+      if (payloadCrc(tmp_.data(), tmp_.size(), k ? crcs_[k - 1] : 0) != crcs_[k])
+        return makeError(fmt::format("image file {} is corrupted: the chunk at payload offset {:#x} (file offset "
+                                     "{:#x}, {} bytes) does not match its checksum",
+                                     shown_.string(), cs, cs + kImageHeaderSize, ce - cs),
+                         "the image is damaged: dump again");
+      verified_[k] = true;
+      nVerified_++;
+      std::memcpy(out + (at - off), tmp_.data() + (at - cs), stop - at);
+    }
+    at = stop;
+  }
   return success();
 }
 

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <unordered_set>
 
+#include "engine/native/capture.hpp"
 #include "engine/native/dirty.hpp"
 #include "engine/native/image.hpp"
 #include "engine/native/internal.hpp"
@@ -88,13 +89,14 @@ Result<std::optional<ProcessState>> readCore(const std::filesystem::path& dir, p
   }
 }
 
-// Hashes of every logical page of `ps` in `dir`: its pagesums file, or the pages themselves.
+// Hashes of every logical page of `ps` in `dir`: its pagesums file, or the pages themselves (dump
+// side: opened by the shown path, which errors name).
 Result<std::vector<uint64_t>> loadHashes(const ChainLevel& lv, const ProcessState& ps) {
   uint64_t want = runPages(logicalRuns(ps));
   std::vector<uint64_t> out;
   auto sumsName = fmt::format("pagesums-{}.img", ps.pid);
   if (std::filesystem::exists(lv.dir / sumsName)) {
-    CRB_ASSIGN(auto r, RawImageReader::open(lv.dir, sumsName));
+    CRB_ASSIGN(auto r, RawImageReader::open(lv.shownPath, sumsName));
     if (r.payloadSize() != want * 8)
       return makeError(fmt::format("image {}: {} holds {} hashes, the process has {} pages", lv.shownPath.string(),
                                    sumsName, r.payloadSize() / 8, want));
@@ -106,7 +108,7 @@ Result<std::vector<uint64_t>> loadHashes(const ChainLevel& lv, const ProcessStat
   if (lv.incremental)
     return makeError(fmt::format("image {} has no {}", lv.shownPath.string(), sumsName), "dump the chain again");
   // A full image holds every page in address order: hash them as they stream by.
-  CRB_ASSIGN(auto r, RawImageReader::open(lv.dir, fmt::format("pages-{}.img", ps.pid)));
+  CRB_ASSIGN(auto r, RawImageReader::open(lv.shownPath, fmt::format("pages-{}.img", ps.pid)));
   if (r.payloadSize() != want * kPage)
     return makeError(fmt::format("image {}: pages-{}.img does not match its index", lv.shownPath.string(), ps.pid));
   std::vector<char> buf(1 << 20);
@@ -119,6 +121,15 @@ Result<std::vector<uint64_t>> loadHashes(const ChainLevel& lv, const ProcessStat
   }
   CRB_CHECK(r.verifyComplete());
   return out;
+}
+
+Status writeMem(int memFd, pid_t pid, uint64_t addr, const char* data, size_t len) {
+  for (size_t d = 0; d < len;) {
+    ssize_t w = ::pwrite(memFd, data + d, len - d, off_t(addr + d));
+    if (w <= 0) return sysError(fmt::format("write memory of pid {} at {:#x}", pid, addr + d), w < 0 ? errno : EIO);
+    d += size_t(w);
+  }
+  return success();
 }
 
 Status copyFileAtomically(const std::filesystem::path& from, const std::filesystem::path& dir,
@@ -308,6 +319,31 @@ Result<uint64_t> PageChain::restorePages(const ProcessState& ps, int memFd,
       if (s.level == l) mine.push_back(s);
     if (mine.empty()) continue;
     std::sort(mine.begin(), mine.end(), [](const Segment& a, const Segment& b) { return a.filePage < b.filePage; });
+    auto isLazy = [&](const Segment& s) {
+      for (auto [a, b] : skip)
+        if (s.addr >= a && s.addr < b) return true;
+      return false;
+    };
+    if (!skip.empty()) {
+      // Lazy restore: only the chunks holding pages written now are read and verified; the
+      // page server verifies the rest as it serves them. Without chunk sums: the whole file below.
+      auto name = fmt::format("pages-{}.img", ps.pid);
+      auto cp = ChunkedPayload::open(levels_[size_t(l)].dir, name, levels_[size_t(l)].shownPath / name);
+      if (!cp.ok()) return cp.error();
+      if (cp->chunked()) {
+        for (auto& s : mine) {
+          if (isLazy(s)) continue;
+          for (uint64_t done = 0; done < s.pages;) {
+            uint64_t n = std::min<uint64_t>(s.pages - done, buf.size() / kPage);
+            CRB_CHECK(cp->read((s.filePage + done) * kPage, buf.data(), n * kPage));
+            CRB_CHECK(writeMem(memFd, ps.pid, s.addr + done * kPage, buf.data(), n * kPage));
+            written += n;
+            done += n;
+          }
+        }
+        continue;
+      }
+    }
     auto r = RawImageReader::open(levels_[size_t(l)].dir, fmt::format("pages-{}.img", ps.pid));
     if (!r.ok()) return r.error().context("image " + levels_[size_t(l)].shownPath.string());
     uint64_t pos = 0;
@@ -320,17 +356,12 @@ Result<uint64_t> PageChain::restorePages(const ProcessState& ps, int memFd,
         CRB_CHECK(r->read(buf.data(), n));
         gap -= n;
       }
-      bool lazy = false;
-      for (auto [a, b] : skip) lazy = lazy || (s.addr >= a && s.addr < b);
+      bool lazy = isLazy(s);
       for (uint64_t done = 0; done < s.pages;) {
         uint64_t n = std::min<uint64_t>(s.pages - done, buf.size() / kPage);
         CRB_CHECK(r->read(buf.data(), n * kPage));
         uint64_t addr = s.addr + done * kPage;
-        for (size_t d = 0; !lazy && d < n * kPage;) {
-          ssize_t w = ::pwrite(memFd, buf.data() + d, n * kPage - d, off_t(addr + d));
-          if (w <= 0) return sysError(fmt::format("write memory of pid {} at {:#x}", ps.pid, addr + d), w < 0 ? errno : EIO);
-          d += size_t(w);
-        }
+        if (!lazy) CRB_CHECK(writeMem(memFd, ps.pid, addr, buf.data(), n * kPage));
         if (!lazy) written += n;
         done += n;
       }
@@ -346,7 +377,10 @@ Json PageChain::describe() const {
   for (auto& lv : levels_) {
     Json e{{"path", lv.shownPath.string()}, {"uuid", lv.inventory.value("uuid", "")}, {"incremental", lv.incremental},
            {"format_version", lv.inventory.value("format_version", 1)}};
-    if (lv.incremental) e["method"] = lv.inventory["incremental"].value("method", "");
+    if (lv.incremental) {
+      e["method"] = lv.inventory["incremental"].value("method", "");
+      e["capture"] = lv.inventory["incremental"].value("capture", "stop-and-copy");  // before pre-copy/COW could
+    }
     out.push_back(e);
   }
   return out;
@@ -439,82 +473,132 @@ bool MemoryTracker::written(pid_t pid, uint64_t start, uint64_t end, std::vector
   return true;
 }
 
-Status dumpIncrementalPages(DumpCtx& c, pid_t pid, ProcessState& ps) {
-  pid_t ipid = c.imagePid(pid);
-  const std::unordered_map<uint64_t, uint64_t>* parent = nullptr;
-  if (auto it = c.parent->hashes.find(ipid); it != c.parent->hashes.end()) parent = &it->second;
-  uint64_t notRead = 0;
-  CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", ipid)));
-  std::vector<uint64_t> sums;
-  std::vector<PageRun> stored;
-  std::vector<char> in(1 << 20), out;
-  out.reserve(1 << 20);
-  uint64_t unchanged = 0, bytes = 0;
+// ---------------------------------------------------------------- page sink
+Result<PageSink> PageSink::open(DumpCtx& c, pid_t pid, const ProcessState& ps) {
+  PageSink s;
+  s.c_ = &c;
+  s.ipid_ = c.imagePid(pid);
+  CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", s.ipid_)));
+  s.w_.emplace(std::move(w));
+  s.runs_ = logicalRuns(ps);
+  s.total_ = runPages(s.runs_);
+  s.incremental_ = bool(c.parent);
+  if (c.parent) {
+    if (auto it = c.parent->hashes.find(s.ipid_); it != c.parent->hashes.end()) s.parent_ = &it->second;
+    s.sums_.reserve(s.total_);
+  }
+  return s;
+}
+
+uint64_t PageSink::nextAddr() const { return run_ < runs_.size() ? runs_[run_].addr + inRun_ * kPage : 0; }
+
+bool PageSink::parentHas(uint64_t addr) const { return parent_ && parent_->count(addr); }
+
+Status PageSink::advance() {
+  if (run_ >= runs_.size())
+    return makeError(fmt::format("internal: more pages written for pid {} than its {} data pages", ipid_, total_));
+  if (++inRun_ == runs_[run_].pages) run_++, inRun_ = 0;
+  seen_++;
+  return success();
+}
+
+Status PageSink::unchanged() {
+  uint64_t a = nextAddr();
+  if (!parent_ || !parent_->count(a))
+    return makeError(fmt::format("internal: page {:#x} of pid {} is not the parent's", a, ipid_));
+  sums_.push_back(parent_->at(a));
+  unchanged_++;
+  notRead_++;
+  return advance();
+}
+
+Status PageSink::write(const void* data, size_t len) {
+  auto* p = static_cast<const char*>(data);
+  if (!incremental_) {
+    if (seen_ + len / kPage > total_)
+      return makeError(fmt::format("internal: more pages written for pid {} than its {} data pages", ipid_, total_));
+    seen_ += len / kPage;
+    bytes_ += len;
+    return w_->write(p, len);
+  }
+  // Runs of pages to store are written as one piece each.
+  const char* pending = nullptr;
+  size_t pendingLen = 0;
   auto flush = [&]() -> Status {
-    if (out.empty()) return success();
-    CRB_CHECK(w.write(out.data(), out.size()));
-    bytes += out.size();
-    out.clear();
+    if (!pendingLen) return success();
+    CRB_CHECK(w_->write(pending, pendingLen));
+    bytes_ += pendingLen;
+    pendingLen = 0;
     return success();
   };
+  for (size_t off = 0; off < len; off += kPage) {
+    const char* page = p + off;
+    uint64_t a = nextAddr(), h = pageHash(page);
+    sums_.push_back(h);
+    bool same = false;
+    if (parent_) {
+      auto f = parent_->find(a);
+      same = f != parent_->end() && f->second == h;
+    }
+    CRB_CHECK(advance());
+    if (same) {
+      unchanged_++;
+      CRB_CHECK(flush());
+      continue;
+    }
+    if (!pendingLen) pending = page;
+    pendingLen += kPage;
+    appendPage(stored_, a);
+  }
+  return flush();
+}
+
+Status PageSink::commit() {
+  if (seen_ != total_)
+    return makeError(fmt::format("internal: {} of the {} data pages of pid {} were written", seen_, total_, ipid_));
+  CRB_CHECK(w_->commit(c_->opts.sync));
+  c_->stats.pagesWritten += bytes_ / kPage;
+  c_->stats.bytesWritten += bytes_;
+  if (!incremental_) return success();
+  CRB_CHECK(writeRawFile(c_->dir, fmt::format("pagesums-{}.img", ipid_), sums_.data(), sums_.size() * 8, c_->opts.sync));
+  CRB_CHECK(writeJsonImage(c_->dir, fmt::format("pageindex-{}.img", ipid_), Json{{"stored", stored_}}, c_->opts.sync));
+  Json& f = c_->stats.memory["incremental"];
+  if (f.is_null()) f = {{"pages", 0}, {"stored_pages", 0}, {"unchanged_pages", 0}};
+  f["pages"] = f["pages"].get<uint64_t>() + sums_.size();
+  f["stored_pages"] = f["stored_pages"].get<uint64_t>() + bytes_ / kPage;
+  f["unchanged_pages"] = f["unchanged_pages"].get<uint64_t>() + unchanged_;
+  f["unchanged_not_read_pages"] = f.value("unchanged_not_read_pages", uint64_t(0)) + notRead_;
+  return success();
+}
+
+Status dumpIncrementalPages(DumpCtx& c, pid_t pid, ProcessState& ps) {
+  CRB_ASSIGN(auto sink, PageSink::open(c, pid, ps));
+  std::vector<char> in(1 << 20);
   for (auto& v : ps.vmas) {
     // Tracked since the parent dump: a page not written since and held by the parent is the
     // parent's; it is neither read nor hashed again.
     std::vector<PageRun> wr;
-    bool tracked = parent && c.opts.track && !v.pages.empty() && v.kind == "anon" &&
+    bool tracked = c.opts.track && !v.pages.empty() && v.kind == "anon" &&
                    c.opts.track->written(pid, v.start, v.end, &wr);
     std::unordered_set<uint64_t> dirty;
     for (auto& r : wr)
       for (uint64_t k = 0; k < r.pages; k++) dirty.insert(r.addr + k * kPage);
-    auto skippable = [&](uint64_t a) -> const uint64_t* {
-      if (!tracked || dirty.count(a)) return nullptr;
-      auto f = parent->find(a);
-      return f == parent->end() ? nullptr : &f->second;
-    };
+    auto skippable = [&](uint64_t a) { return tracked && !dirty.count(a) && sink.parentHas(a); };
     for (auto& r : v.pages)
       for (uint64_t done = 0; done < r.pages;) {
-        if (const uint64_t* h = skippable(r.addr + done * kPage)) {
-          sums.push_back(*h);
-          unchanged++;
-          notRead++;
+        if (skippable(r.addr + done * kPage)) {
+          CRB_CHECK(sink.unchanged());
           done++;
           continue;
         }
         uint64_t n = 1;
         while (done + n < r.pages && n < in.size() / kPage && !skippable(r.addr + (done + n) * kPage)) n++;
-        uint64_t at = r.addr + done * kPage;
-        CRB_CHECK(readTreePages(pid, at, in.data(), n * kPage));
-        for (uint64_t i = 0; i < n; i++) {
-          const char* page = in.data() + i * kPage;
-          uint64_t h = pageHash(page), a = at + i * kPage;
-          sums.push_back(h);
-          if (parent) {
-            auto f = parent->find(a);
-            if (f != parent->end() && f->second == h) {
-              unchanged++;
-              continue;
-            }
-          }
-          out.insert(out.end(), page, page + kPage);
-          appendPage(stored, a);
-          if (out.size() >= (1 << 20)) CRB_CHECK(flush());
-        }
+        CRB_CHECK(readTreePages(pid, r.addr + done * kPage, in.data(), n * kPage));
+        CRB_CHECK(sink.write(in.data(), n * kPage));
         done += n;
       }
   }
-  CRB_CHECK(flush());
-  CRB_CHECK(w.commit(c.opts.sync));
-  CRB_CHECK(writeRawFile(c.dir, fmt::format("pagesums-{}.img", ipid), sums.data(), sums.size() * 8, c.opts.sync));
-  CRB_CHECK(writeJsonImage(c.dir, fmt::format("pageindex-{}.img", ipid), Json{{"stored", stored}}, c.opts.sync));
-  c.stats.pagesWritten += bytes / kPage;
-  c.stats.bytesWritten += bytes;
-  Json& f = c.stats.memory["incremental"];
-  if (f.is_null()) f = {{"pages", 0}, {"stored_pages", 0}, {"unchanged_pages", 0}};
-  f["pages"] = f["pages"].get<uint64_t>() + sums.size();
-  f["stored_pages"] = f["stored_pages"].get<uint64_t>() + bytes / kPage;
-  f["unchanged_pages"] = f["unchanged_pages"].get<uint64_t>() + unchanged;
-  f["unchanged_not_read_pages"] = f.value("unchanged_not_read_pages", uint64_t(0)) + notRead;
-  return success();
+  return sink.commit();
 }
 
 void incrementalInventory(DumpCtx& c, Json& inv) {
@@ -525,7 +609,8 @@ void incrementalInventory(DumpCtx& c, Json& inv) {
   std::string method = tracked ? std::string(DirtyTracker::kUffdWp) + " (tracked since the parent dump) + page-checksum"
                                : "page-checksum";
   inv["incremental"] = {{"method", method}, {"hash", "crc64-ecma-refl per 4 KiB page"},
-                        {"chain_depth", c.parent->depth + 1}};
+                        {"chain_depth", c.parent->depth + 1},
+                        {"capture", c.opts.capture ? c.opts.capture->mode() : "stop-and-copy"}};
   c.stats.memory["incremental"]["method"] = method;
   if (c.opts.track && !c.opts.track->failure.empty())
     c.stats.memory["incremental"]["tracking_failure"] = c.opts.track->failure;
@@ -550,7 +635,7 @@ Result<Json> flattenImage(const std::filesystem::path& src, const std::filesyste
   for (auto& e : std::filesystem::directory_iterator(top.shownPath)) {
     std::string name = e.path().filename().string();
     if (!e.is_regular_file() || name[0] == '.' || name == "inventory.img" || name.rfind("pages-", 0) == 0 ||
-        name.rfind("pageindex-", 0) == 0)
+        name.rfind("pageindex-", 0) == 0 || name.rfind("pagecrc-", 0) == 0)  // pagecrc: written with the pages
       continue;
     CRB_CHECK(copyFileAtomically(e.path(), out, name, sync));
   }

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "core/fsutil.hpp"
 #include "core/json.hpp"
 #include "core/result.hpp"
+#include "engine/native/image.hpp"
 #include "engine/native/state.hpp"
 
 namespace crb::native {
@@ -50,6 +52,41 @@ struct ParentIndex {
 // (pagesums-<pid>.img, or computed from a full image's pages).
 Result<std::shared_ptr<ParentIndex>> loadParentIndex(const std::filesystem::path& parent,
                                                      const std::filesystem::path& childDir);
+// Where the dump's pages of one process go, fed every data page of `ps` in the image's order
+// (ps.vmas, then each one's pages): without a parent, straight into pages-<pid>.img; with one
+// (--parent), each page is hashed and only those that differ from the parent's page at that
+// address are stored (plus pagesums- and pageindex-<pid>.img). Every capture writes through it
+// (stop-and-copy here, pre-copy's and COW's page stores after the thaw), so de-duplication against
+// the parent does not depend on how a page was captured.
+class PageSink {
+ public:
+  static Result<PageSink> open(DumpCtx& c, pid_t pid, const ProcessState& ps);
+  // The next len / 4096 pages.
+  Status write(const void* data, size_t len);
+  // The next page is known to equal the parent's (tracked and not written since): not read.
+  Status unchanged();
+  // True if the next page can be skipped by unchanged(); its hash goes to pagesums.
+  bool parentHas(uint64_t addr) const;
+  uint64_t nextAddr() const;
+  // Writes the files and adds what was stored to c.stats.
+  Status commit();
+
+ private:
+  PageSink() = default;
+  Status advance();
+  DumpCtx* c_ = nullptr;
+  pid_t ipid_ = 0;
+  std::optional<ImageWriter> w_;
+  const std::unordered_map<uint64_t, uint64_t>* parent_ = nullptr;
+  bool incremental_ = false;
+  std::vector<PageRun> runs_;
+  size_t run_ = 0;
+  uint64_t inRun_ = 0, total_ = 0, seen_ = 0;
+  std::vector<uint64_t> sums_;
+  std::vector<PageRun> stored_;
+  uint64_t bytes_ = 0, unchanged_ = 0, notRead_ = 0;
+};
+
 // Dump side, per process (frozen): reads every data page, stores only those whose hash differs
 // from the parent's page at that address. Writes pages-, pageindex- and pagesums-<pid>.img.
 Status dumpIncrementalPages(DumpCtx& c, pid_t pid, ProcessState& ps);

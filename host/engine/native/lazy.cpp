@@ -174,14 +174,16 @@ void LazyServer::sendKeeper(char tag, int fd) {
   }
 }
 
-Result<int> LazyServer::pagesFd(int level, pid_t imagePid) {
-  auto& f = files_[{level, imagePid}];
-  if (!f.valid()) {
-    auto p = chain_->levels()[size_t(level)].dir / fmt::format("pages-{}.img", imagePid);
-    f.reset(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!f.valid()) return sysError("open " + p.string(), errno);
+Result<ChunkedPayload*> LazyServer::pagesFile(int level, pid_t imagePid) {
+  auto key = std::make_pair(level, imagePid);
+  auto it = files_.find(key);
+  if (it == files_.end()) {
+    const ChainLevel& lv = chain_->levels()[size_t(level)];
+    auto name = fmt::format("pages-{}.img", imagePid);
+    CRB_ASSIGN(auto f, ChunkedPayload::open(lv.dir, name, lv.shownPath / name));
+    it = files_.emplace(key, std::move(f)).first;
   }
-  return f.get();
+  return &it->second;
 }
 
 Status LazyServer::add(pid_t pid, const ProcessState& ps, Fd uffd, std::vector<std::pair<uint64_t, uint64_t>> ranges) {
@@ -207,7 +209,7 @@ Status LazyServer::add(pid_t pid, const ProcessState& ps, Fd uffd, std::vector<s
   if (!pidfd.valid()) return sysError(fmt::format("pidfd_open {}", pid), errno);
   std::lock_guard lk(mu_);
   // Opened now: after the restorer changes its mount namespace only these descriptors reach them.
-  for (auto& s : *x->segs) CRB_CHECK(pagesFd(s.level, ps.pid));
+  for (auto& s : *x->segs) CRB_CHECK(pagesFile(s.level, ps.pid));
   sendKeeper('U', uffd.get());
   sendKeeper('P', pidfd.get());
   x->uffd = std::move(uffd);
@@ -232,10 +234,9 @@ Status LazyServer::copyRun(Ctx& x, Range& r, uint64_t page, uint64_t maxPages, b
   uint64_t n = 0;
   uint64_t segLeft = (s.addr + s.pages * kPage - img) / kPage;
   while (n < maxPages && n < segLeft && page + n < r.st.size() && r.st[page + n] == 0) n++;
-  CRB_ASSIGN(int fd, pagesFd(s.level, x.imagePid));
-  off_t off = off_t(kImageHeaderSize + (s.filePage + (img - s.addr) / kPage) * kPage);
-  if (::pread(fd, buf_.data(), n * kPage, off) != ssize_t(n * kPage))
-    return sysError(fmt::format("read image pages of pid {} for the lazy restore", x.imagePid), errno ? errno : EIO);
+  CRB_ASSIGN(ChunkedPayload * f, pagesFile(s.level, x.imagePid));
+  if (auto st = f->read((s.filePage + (img - s.addr) / kPage) * kPage, buf_.data(), n * kPage); !st.ok())
+    return st.error().context(fmt::format("serving pages of pid {} at {:#x}", x.imagePid, img));
   uffdio_copy c{};
   c.dst = r.start + page * kPage;
   c.src = reinterpret_cast<uint64_t>(buf_.data());

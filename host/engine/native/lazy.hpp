@@ -5,8 +5,11 @@
 // filled; a page-server thread in crbench answers each fault with UFFDIO_COPY from the image (or
 // UFFDIO_ZEROPAGE for a page that held no data) and, once the tree runs, pushes every remaining
 // page in the background. When all are in it closes the userfaultfds and restoreTree returns.
-// Every image checksum is verified before the tree runs (the pages are read once for that; what
-// is deferred is filling the processes' memory).
+// What the tree needs to start (inventory, cores, files, blobs, the pages of mappings that are not
+// served lazily) is verified before it runs; the served pages are verified chunk by chunk as they
+// are first served (ChunkedPayload, image.hpp): a corrupt chunk found once the tree runs kills
+// the tree (it cannot run on wrong memory) and the restore fails naming the file and offset. An
+// image without chunk sums (older crbench) is verified whole before the tree runs.
 //
 // Non-cooperative events keep the served memory right: fork (the child's memory is served too),
 // madvise(DONTNEED) and munmap (those pages read as zero from then on, never the image's), mremap
@@ -35,6 +38,7 @@
 #include "core/fsutil.hpp"
 #include "core/json.hpp"
 #include "core/result.hpp"
+#include "engine/native/image.hpp"
 #include "engine/native/incremental.hpp"
 #include "engine/native/state.hpp"
 
@@ -80,11 +84,11 @@ class LazyServer {
   void sendKeeper(char tag, int fd);
   void killTree(const std::string& why);
   void findForkedChildren();
-  Result<int> pagesFd(int level, pid_t imagePid);
+  Result<ChunkedPayload*> pagesFile(int level, pid_t imagePid);
 
   std::shared_ptr<PageChain> chain_;
   std::vector<std::unique_ptr<Ctx>> ctxs_;
-  std::map<std::pair<int, pid_t>, Fd> files_;
+  std::map<std::pair<int, pid_t>, ChunkedPayload> files_;  // each chunk verified as it is first served
   std::mutex mu_;
   std::thread thread_;
   Fd wake_, keeper_;

@@ -415,6 +415,7 @@ Status dumpMemoryLayout(DumpCtx& c, pid_t pid, ProcessState& ps) {
 }
 
 Status dumpMemoryPages(DumpCtx& c, pid_t pid, ProcessState& ps) {
+  if (c.parent) return dumpIncrementalPages(c, pid, ps);  // --parent (pre-copy's untracked processes too)
   CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", c.imagePid(pid))));
   uint64_t bytes = 0;
   for (auto& v : ps.vmas)

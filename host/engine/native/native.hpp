@@ -58,6 +58,9 @@ struct DumpOptions {
   bool dropUdpQueues = false;
   // Incremental dump (incremental.hpp): store only the pages that differ from this image's.
   std::filesystem::path parent;
+  // The parent, already verified and indexed by loadParentIndex (so a pre-copy's caller checks it
+  // before the rounds; null: dumpTree loads `parent`).
+  std::shared_ptr<struct ParentIndex> parentIndex;
   // Keep the tree's pages tracked after this dump / read only the tracked-written pages in an
   // incremental one (incremental.hpp; one crbench process makes both dumps).
   class MemoryTracker* track = nullptr;

@@ -349,7 +349,12 @@ class NativeEngine : public Engine {
                          {"pages_restored", r->pagesRestored},
                          {"restored_root_pid", r->rootPid},
                          {"restored_into", "the container's own pid/mnt/net/ipc/uts namespaces and cgroups"}};
-    if (o.lazy) rep.engineFigures["lazy"] = r->lazy;
+    if (o.lazy) {
+      rep.engineFigures["lazy"] = r->lazy;
+      // The controller adds restore_start_to_first_reply_ms (the prober's first reply).
+      rep.engineFigures["lazy"]["restore_to_resumed_ms"] = rep.phasesMs["restore_to_resumed"];
+      rep.engineFigures["lazy"]["restore_to_all_pages_ms"] = rep.phasesMs["restore_total"];
+    }
     return rep;
   }
 

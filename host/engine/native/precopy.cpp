@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "engine/native/freeze_trace.hpp"
+#include "engine/native/incremental.hpp"
 #include "engine/native/internal.hpp"
 #include "engine/native/procfs.hpp"
 
@@ -209,7 +210,7 @@ Status PageStore::read(uint64_t addr, uint64_t pages, std::vector<char>* buf) {
   return success();
 }
 
-Status PageStore::emit(const std::vector<PageRun>& runs, ImageWriter& out, uint64_t* bytes) {
+Status PageStore::emit(const std::vector<PageRun>& runs, PageSink& out, uint64_t* bytes) {
   for (auto& r : runs) {
     for (uint64_t a = r.addr, end = r.addr + r.pages * kPage; a < end;) {
       auto it = ext_.upper_bound(a);
@@ -686,13 +687,12 @@ Status PreCopySession::afterThaw(DumpCtx& c, pid_t pid, ProcessState& ps) {
   p.held.clear();
   p.heldData.reset();
   p.heldAt = nullptr;
-  CRB_ASSIGN(auto w, ImageWriter::create(c.dir, fmt::format("pages-{}.img", c.imagePid(pid))));
+  // incremental.hpp: with --parent only the pages that differ from the parent's are stored.
+  CRB_ASSIGN(auto w, PageSink::open(c, pid, ps));
   uint64_t bytes = 0;
   for (auto& v : ps.vmas)
     if (!v.pages.empty()) CRB_CHECK(p.store->emit(v.pages, w, &bytes));
-  c.stats.pagesWritten += bytes / kPage;
-  c.stats.bytesWritten += bytes;
-  CRB_CHECK(w.commit(c.opts.sync));
+  CRB_CHECK(w.commit());  // counts what was stored
   p.store.reset();  // the store file goes as soon as its pages are in the image
   return success();
 }

@@ -51,7 +51,7 @@ class PageStore {
   // Reads `pages` stored pages at `addr` (all must be held) into `buf`.
   Status read(uint64_t addr, uint64_t pages, std::vector<char>* buf);
   // Streams the stored pages of `runs` (all must be held) in order into `out`.
-  Status emit(const std::vector<PageRun>& runs, class ImageWriter& out, uint64_t* bytes);
+  Status emit(const std::vector<PageRun>& runs, class PageSink& out, uint64_t* bytes);
   uint64_t slots() const { return nextSlot_; }
 
  private:
@@ -91,6 +91,7 @@ class PreCopySession : public MemoryCapture {
   Status lookBeforeFreeze();
   void stopTracking();
   Json figures() const override { return fig_; }
+  const char* mode() const override { return "pre-copy"; }
 
  private:
   using ShmKey = std::pair<uint64_t, uint64_t>;  // dev, inode (as the dump's ShmemObject)
