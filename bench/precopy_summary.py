@@ -176,8 +176,20 @@ def native_lines(p, out, name, native, best_qemu, target_ms):
               f"({'met' if ck[0] <= target_ms else 'not met'}); engine-measured freeze (frozen_ms) median "
               f"{fmt(statistics.median(frozen), 2) if frozen else '-'} ms; probe gap over the freeze alone "
               f"(frozen→resumed marks) median {fmt(statistics.median(fg), 2) if fg else '-'} ms"
-              f"{' = ' + fmt(statistics.median(fg) / best_qemu[2], 3) + '× QEMU ' + best_qemu[0] + ' on the same measure' if fg and best_qemu and best_qemu[2] else ''}")
+              f"{' = ' + fmt(statistics.median(fg) / best_qemu[2], 3) + '× QEMU ' + best_qemu[0] + ' on the same measure' if fg and best_qemu and best_qemu[2] else ''}"
+              f"; noise floor (longest reply gap in an equal window just before the checkpoint) median "
+              f"{fmt(statistics.median(bl), 2) if (bl := baseline_gaps(records(out, name, row))) else '-'} ms")
         p()
+
+
+def baseline_gaps(recs):
+    """probe.longest_gap_before_checkpoint.gap_ms of the ok records (crbench from session 5 on)."""
+    out = []
+    for r in recs:
+        b = (r.get("probe") or {}).get("longest_gap_before_checkpoint") if r.get("status") == "ok" else None
+        if isinstance(b, dict) and b.get("gap_ms") is not None:
+            out.append(b["gap_ms"])
+    return out
 
 
 def freeze_table(p, out, name, native):
@@ -237,9 +249,11 @@ def main():
     p(f"Commands ({out}/commands.txt):\n\n```\n{cmds.strip()}\n```\n")
     p(f"Main run: compare `{main['id']}`, finished {main['finished_at']}, params {json.dumps(main['params'])}, "
       f"{main['repeats']} repeats, warm-up {'yes' if main['warmup'] else 'no'}.\n")
+    p("Noise floor: the longest gap between probe replies in a window as long as the checkpoint just before it "
+      "began (probe.longest_gap_before_checkpoint): what the machine alone did to the workload's replies.\n")
     p("| runtime | engine | mode | n | checkpoint downtime ms median (min–max) | downtime incl. restore ms median "
-      "| checkpoint ms | restore ms | image MiB | fidelity | status |")
-    p("|---|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+      "| noise floor ms median | checkpoint ms | restore ms | image MiB | fidelity | status |")
+    p("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     best_qemu = None
     native = {}
     for row in main["combinations"]:
@@ -254,6 +268,7 @@ def main():
             status += ": " + row["reason"][:160].replace("|", "/")
         p(f"| {row['runtime']} | {row['engine']} | {row['mode']} | {row.get('n', 0)} | "
           f"{fmt(ck[0]) + ' (' + fmt(ck[1]) + '–' + fmt(ck[2]) + ')' if ck else '-'} | {fmt(dt[0]) if dt else '-'} | "
+          f"{fmt(statistics.median(bl)) if (bl := baseline_gaps(records(out, 'main', row))) else '-'} | "
           f"{fmt(cp[0]) if cp else '-'} | {fmt(rs[0]) if rs else '-'} | {fmt(im[0] / 2**20) if im else '-'} | "
           f"{str(fid.get('passed', '-')) + '/' + str(fid.get('total', '-')) if fid else '-'} | {status} |")
         if row["engine"] == "qemu" and ck and (best_qemu is None or ck[0] < best_qemu[1]):

@@ -444,6 +444,24 @@ RunOutcome runOnce(const RunSpec& spec) {
     ReplyGap ckGap = trace.longestGap(ckStart, ckEnd);
     rec["checkpoint_downtime_ms"] =
         ckGap.valid && ckGap.resumed ? Json(static_cast<double>(ckGap.gapNs) / 1e6) : Json(nullptr);
+    // The noise floor of checkpoint_downtime_ms: the longest gap between replies in a window as
+    // long as the checkpoint (or as much of it as the trace has) just before it began, when no
+    // engine was at work. A checkpoint gap near this figure is the machine's, not the engine's.
+    Json baseline = nullptr;
+    {
+      int64_t from = std::max(trace.startNs, ckStart - (ckEnd - ckStart));
+      std::vector<int64_t> rs;
+      for (int64_t r : trace.replyNs)
+        if (r >= from && r < ckStart) rs.push_back(r);
+      std::sort(rs.begin(), rs.end());
+      if (rs.size() >= 2) {
+        int64_t longest = 0;
+        for (size_t i = 1; i < rs.size(); i++) longest = std::max(longest, rs[i] - rs[i - 1]);
+        baseline = {{"gap_ms", static_cast<double>(longest) / 1e6},
+                    {"window_ms", static_cast<double>(ckStart - from) / 1e6},
+                    {"replies", rs.size()}};
+      }
+    }
     auto whole = trace.stats();
     auto pre = trace.stats(INT64_MIN, ckStart);
     rec["probe"] = {{"rate_hz", spec.probeRateHz},
@@ -451,6 +469,7 @@ RunOutcome runOnce(const RunSpec& spec) {
                                {"loss_ratio", whole.lossRatio}}},
                     {"rtt_before_checkpoint_ms", {{"p50", pre.rttP50Ms}, {"p90", pre.rttP90Ms}, {"p99", pre.rttP99Ms},
                                                   {"max", pre.rttMaxMs}}},
+                    {"longest_gap_before_checkpoint", baseline},
                     {"trace", trace.toJson()}};
 
     std::vector<FidelityCheck> checks;
