@@ -283,6 +283,7 @@ Status LazyServer::handle(Ctx& x) {
         auto t0 = Clock::now();
         uint64_t addr = m.arg.pagefault.address & ~(kPage - 1);
         faults_++;
+        faultPoint("lazy-fault");  // tests: the page server dies while the tree waits on a fault
         Range* r = nullptr;
         for (auto& q : x.ranges)
           if (addr >= q.start && addr < q.end) r = &q;

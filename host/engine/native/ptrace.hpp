@@ -64,7 +64,7 @@ Status readMem(pid_t pid, uint64_t addr, void* data, size_t len);
 // peeked with SO_PEEK_OFF 0; mq-drain: the guardian is draining a POSIX message queue (held
 // drained for 300 ms); uffd: a userfaultfd created in the target, not yet closed there;
 // guardian-command: the dumper asked the guardian to run a command (iptables -I) whose undo is
-// recorded; lazy-push: the lazy restore's page server pushes a batch). Unset: nothing happens.
+// recorded; lazy-push: the lazy restore's page server pushes a batch; lazy-fault: it serves a fault). Unset: nothing happens.
 void faultPoint(const char* point);
 
 // Wait for a stop of `tid` (any kind); error if it exited.
