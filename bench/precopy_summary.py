@@ -177,9 +177,26 @@ def native_lines(p, out, name, native, best_qemu, target_ms):
               f"{fmt(statistics.median(frozen), 2) if frozen else '-'} ms; probe gap over the freeze alone "
               f"(frozen→resumed marks) median {fmt(statistics.median(fg), 2) if fg else '-'} ms"
               f"{' = ' + fmt(statistics.median(fg) / best_qemu[2], 3) + '× QEMU ' + best_qemu[0] + ' on the same measure' if fg and best_qemu and best_qemu[2] else ''}"
-              f"; noise floor (longest reply gap in an equal window just before the checkpoint) median "
+              f"; the workload's stop to set up tracking (pre-copy setup_pause_ms / cow arm_pause_ms; the agent is not "
+              f"stopped then, so the probe cannot see it) median "
+              f"{fmt(statistics.median(sp), 2) if (sp := setup_pauses(records(out, name, row))) else '-'} ms"
+              f"; noise floor (longest reply gap in an equal window before the checkpoint and its state digest) median "
               f"{fmt(statistics.median(bl), 2) if (bl := baseline_gaps(records(out, name, row))) else '-'} ms")
         p()
+
+
+def setup_pauses(recs):
+    """The pause before the freeze in which the workload (not the agent) is stopped to get its
+    userfaultfds: memory.setup_pause_ms (pre-copy) or memory.arm_pause_ms (cow), ok records."""
+    out = []
+    for r in recs:
+        if r.get("status") != "ok":
+            continue
+        m = r["engine_report"]["checkpoint"]["engine_figures"].get("memory") or {}
+        v = m.get("setup_pause_ms", m.get("arm_pause_ms"))
+        if v is not None:
+            out.append(v)
+    return out
 
 
 def baseline_gaps(recs):
@@ -249,8 +266,9 @@ def main():
     p(f"Commands ({out}/commands.txt):\n\n```\n{cmds.strip()}\n```\n")
     p(f"Main run: compare `{main['id']}`, finished {main['finished_at']}, params {json.dumps(main['params'])}, "
       f"{main['repeats']} repeats, warm-up {'yes' if main['warmup'] else 'no'}.\n")
-    p("Noise floor: the longest gap between probe replies in a window as long as the checkpoint just before it "
-      "began (probe.longest_gap_before_checkpoint): what the machine alone did to the workload's replies.\n")
+    p("Noise floor: the longest gap between probe replies in a window as long as the checkpoint, ending where the "
+      "state digest before the checkpoint began (probe.longest_gap_before_checkpoint): what the machine alone did "
+      "to the agent's replies.\n")
     p("| runtime | engine | mode | n | checkpoint downtime ms median (min–max) | downtime incl. restore ms median "
       "| noise floor ms median | checkpoint ms | restore ms | image MiB | fidelity | status |")
     p("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")

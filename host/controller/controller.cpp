@@ -335,6 +335,9 @@ RunOutcome runOnce(const RunSpec& spec) {
 
     // 3. State before.
     progress("taking the state digest before the checkpoint");
+    // Marked: the digest keeps the agent busy (hashing the workload's memory), so the noise floor
+    // below is taken before it.
+    int64_t digestStart = prober->mark("state-before-start");
     StateSample before = sampleState(*sandbox, *sc);
     rec["digests"] = {{"before", before.digest.is_null() ? Json(before.digestError) : before.digest}};
     rec["scenario_checks"] = {{"before", checksJson(*sc, before)}};
@@ -445,20 +448,21 @@ RunOutcome runOnce(const RunSpec& spec) {
     rec["checkpoint_downtime_ms"] =
         ckGap.valid && ckGap.resumed ? Json(static_cast<double>(ckGap.gapNs) / 1e6) : Json(nullptr);
     // The noise floor of checkpoint_downtime_ms: the longest gap between replies in a window as
-    // long as the checkpoint (or as much of it as the trace has) just before it began, when no
-    // engine was at work. A checkpoint gap near this figure is the machine's, not the engine's.
+    // long as the checkpoint (or as much of it as the trace has) just before the state digest
+    // began, when neither an engine nor the digest was at work. A checkpoint gap near this figure
+    // is the machine's, not the engine's.
     Json baseline = nullptr;
     {
-      int64_t from = std::max(trace.startNs, ckStart - (ckEnd - ckStart));
+      int64_t from = std::max(trace.startNs, digestStart - (ckEnd - ckStart));
       std::vector<int64_t> rs;
       for (int64_t r : trace.replyNs)
-        if (r >= from && r < ckStart) rs.push_back(r);
+        if (r >= from && r < digestStart) rs.push_back(r);
       std::sort(rs.begin(), rs.end());
       if (rs.size() >= 2) {
         int64_t longest = 0;
         for (size_t i = 1; i < rs.size(); i++) longest = std::max(longest, rs[i] - rs[i - 1]);
         baseline = {{"gap_ms", static_cast<double>(longest) / 1e6},
-                    {"window_ms", static_cast<double>(ckStart - from) / 1e6},
+                    {"window_ms", static_cast<double>(digestStart - from) / 1e6},
                     {"replies", rs.size()}};
       }
     }
