@@ -95,12 +95,14 @@ Status CowSession::arm(const std::vector<pid_t>& roots) {
     armSkipped_ = "CRBENCH_COW_ARM=0";
     return success();
   }
-  auto t0 = Clock::now();
   std::vector<pid_t> order;
   {
     Seizure z;  // detaches on every path: the tree runs on
     // The guardian closes a userfaultfd left in the tree if crbench dies inside the injection.
+    // Started (a fork) before the clock: the pause is the tree's stop, seize to release, and the
+    // guardian's end (a wait for it to exit) comes after the release.
     CRB_CHECK(z.useGuardian());
+    auto t0 = Clock::now();
     CRB_CHECK(z.seizeTree(roots[0], {}, std::vector<pid_t>(roots.begin() + 1, roots.end())));
     for (pid_t pid : z.order) {
       if (z.zombies.count(pid)) continue;
@@ -113,8 +115,8 @@ Status CowSession::arm(const std::vector<pid_t>& roots) {
       order.push_back(pid);
     }
     z.release();
+    armPauseMs_ = msSince(t0);
   }
-  armPauseMs_ = msSince(t0);
   procsGen_++;
   // The handler first: a write to a page protected below waits for it.
   if (!handler_.joinable()) handler_ = std::thread([this] { serve(); });

@@ -251,11 +251,13 @@ Result<std::unique_ptr<PreCopySession>> PreCopySession::start(pid_t root, const 
   s->fig_["dirty_methods_available"] = {{"uffd_wp_async", have.uffdWpAsync}, {"pagemap_scan", have.pagemapScan},
                                         {"soft_dirty", have.softDirty}};
   s->fig_["dirty_tracking_requested"] = forced.empty() ? "auto" : forced;
-  auto t0 = Clock::now();
   {
     Seizure z;  // its destructor detaches on every path: the tree runs on
     // The guardian puts registers back if crbench dies inside an injected syscall (guardian.hpp).
+    // Started (a fork) before the clock: the pause is the tree's stop, seize to release, and the
+    // guardian's end (a wait for it to exit) comes after the release.
     CRB_CHECK(z.useGuardian());
+    auto t0 = Clock::now();
     CRB_CHECK(z.seizeTree(root));
     for (pid_t pid : z.order) {
       if (z.zombies.count(pid)) continue;
@@ -271,8 +273,8 @@ Result<std::unique_ptr<PreCopySession>> PreCopySession::start(pid_t root, const 
       s->procs_[pid] = std::move(p);
     }
     z.release();
+    s->fig_["setup_pause_ms"] = msSince(t0);
   }
-  s->fig_["setup_pause_ms"] = msSince(t0);
   s->fig_["dirty_tracking"] = s->method_;
   s->fig_["options"] = {{"target_downtime_ms", o.targetDowntimeMs}, {"max_rounds", o.maxRounds},
                         {"max_seconds", o.maxSeconds}, {"min_shrink", o.minShrink}};
