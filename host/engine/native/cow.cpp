@@ -195,38 +195,11 @@ Status CowSession::trackedPages(pid_t pid, uint64_t start, uint64_t end, bool* h
   // now: written (or first filled) since arming. A read-only walk (no PM_SCAN_WP_MATCHING: this
   // userfaultfd is synchronous, not WP_ASYNC).
   std::vector<PageRun> written;
-  std::vector<PageRegion> vec(1024);
   int pm = ::open(fmt::format("/proc/{}/pagemap", pid).c_str(), O_RDONLY | O_CLOEXEC);
   if (pm < 0) return sysError(fmt::format("open /proc/{}/pagemap", pid), errno);
   Fd pmFd(pm);
   std::vector<PageRun> data;
-  auto add = [](std::vector<PageRun>& out, uint64_t s, uint64_t e) {
-    if (!out.empty() && out.back().addr + out.back().pages * kPage == s)
-      out.back().pages += (e - s) / kPage;
-    else
-      out.push_back({s, (e - s) / kPage});
-  };
-  for (uint64_t at = start; at < end;) {
-    PmScanArg a{};
-    a.size = sizeof a;
-    a.start = at;
-    a.end = end;
-    a.vec = reinterpret_cast<uint64_t>(vec.data());
-    a.vec_len = vec.size();
-    a.category_inverted = kIsPfnZero;
-    a.category_mask = kIsPfnZero;
-    a.category_anyof_mask = kIsPresent | kIsSwapped;
-    a.return_mask = kIsPresent | kIsSwapped | kIsWritten;
-    long n = ::ioctl(pmFd.get(), kPagemapScan, &a);
-    if (n < 0) return sysError(fmt::format("PAGEMAP_SCAN (cow, data + unprotected) of pid {} at {:#x}", pid, at), errno);
-    for (long i = 0; i < n; i++) {
-      auto& r = vec[size_t(i)];
-      add(data, r.start, r.end);
-      if (r.categories & kIsWritten) add(written, r.start, r.end);
-    }
-    if (a.walk_end <= at) break;
-    at = a.walk_end;
-  }
+  CRB_CHECK(scanDataAndWritten(pmFd.get(), pid, start, end, 0, &data, &written, "cow, data + unprotected"));
   auto tProt = Clock::now();
   freezeSplitMs_[1] += std::chrono::duration<double, std::milli>(tProt - tScan).count();
   for (auto& w : written) {

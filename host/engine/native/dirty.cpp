@@ -304,11 +304,17 @@ Result<std::vector<PageRun>> DirtyTracker::collect(uint64_t start, uint64_t end)
 Status DirtyTracker::scanFinal(uint64_t start, uint64_t end, std::vector<PageRun>* data,
                                std::vector<PageRun>* written) {
   if (method_ == kSoftDirty) return readSoftDirty(start, end, data, written);
+  // No WP_MATCHING: nothing is re-protected, the walk only reads.
+  return scanDataAndWritten(pagemap_.get(), pid_, start, end, kScanCheckWpAsync, data, written, "final");
+}
+
+Status scanDataAndWritten(int pagemapFd, pid_t pid, uint64_t start, uint64_t end, uint64_t flags,
+                          std::vector<PageRun>* data, std::vector<PageRun>* written, const char* what) {
   std::vector<PageRegion> vec(1024);
   for (uint64_t at = start; at < end;) {
     PmScanArg a{};
     a.size = sizeof a;
-    a.flags = kScanCheckWpAsync;  // no WP_MATCHING: nothing is re-protected, the walk only reads
+    a.flags = flags;
     a.start = at;
     a.end = end;
     a.vec = reinterpret_cast<uint64_t>(vec.data());
@@ -319,8 +325,8 @@ Status DirtyTracker::scanFinal(uint64_t start, uint64_t end, std::vector<PageRun
     a.category_mask = kIsPfnZero;
     a.category_anyof_mask = kIsPresent | kIsSwapped;
     a.return_mask = kIsPresent | kIsSwapped | kIsWritten;
-    long n = ::ioctl(pagemap_.get(), kPagemapScan, &a);
-    if (n < 0) return sysError(fmt::format("PAGEMAP_SCAN (final, data + written) of pid {} at {:#x}", pid_, at), errno);
+    long n = ::ioctl(pagemapFd, kPagemapScan, &a);
+    if (n < 0) return sysError(fmt::format("PAGEMAP_SCAN ({}, data + written) of pid {} at {:#x}", what, pid, at), errno);
     for (long i = 0; i < n; i++) {
       auto& r = vec[size_t(i)];
       addRun(*data, r.start, r.end);

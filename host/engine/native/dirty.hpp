@@ -28,6 +28,12 @@ class Seizure;
 // user-mode-only one can be made: allowed when `allowUserModeOnly` (async WP never faults to us;
 // a sync handler would see the tree's own syscalls fail with EFAULT on protected buffers).
 Result<Fd> injectUserfaultfd(Seizure& s, pid_t pid, bool allowUserModeOnly, bool* userModeOnly = nullptr);
+// One read-only PAGEMAP_SCAN walk of [start, end) of pid's open /proc/<pid>/pagemap: the data
+// pages (present or swapped, not the zero page) into *data and, among them, those not
+// write-protected (written since their protection) into *written. flags: kScanCheckWpAsync for a
+// WP_ASYNC userfaultfd's range, 0 for a synchronous one (COW). `what` names the walk in errors.
+Status scanDataAndWritten(int pagemapFd, pid_t pid, uint64_t start, uint64_t end, uint64_t flags,
+                          std::vector<PageRun>* data, std::vector<PageRun>* written, const char* what);
 
 // One /proc/<pid>/pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
 struct PagemapEntry {

@@ -70,10 +70,16 @@ TEST(DirtyMethod, ProbeOfThisKernelIsConsistent) {
   // Whatever this kernel has, auto chooses one of what the probe found, or says none is there.
   auto have = probeDirtyMethods();
   auto m = chooseDirtyMethod(have, "");
-  if (have.uffdWpAsync && have.pagemapScan) EXPECT_EQ(*m, DirtyTracker::kUffdWp);
-  else if (have.softDirty) EXPECT_EQ(*m, DirtyTracker::kSoftDirty);
-  else EXPECT_FALSE(m.ok());
-  if (!have.softDirty) EXPECT_NE(have.why.find("soft-dirty"), std::string::npos) << have.why;
+  if (have.uffdWpAsync && have.pagemapScan) {
+    EXPECT_EQ(*m, DirtyTracker::kUffdWp);
+  } else if (have.softDirty) {
+    EXPECT_EQ(*m, DirtyTracker::kSoftDirty);
+  } else {
+    EXPECT_FALSE(m.ok());
+  }
+  if (!have.softDirty) {
+    EXPECT_NE(have.why.find("soft-dirty"), std::string::npos) << have.why;
+  }
 }
 
 }  // namespace
