@@ -275,28 +275,14 @@ Result<std::vector<PageRun>> DirtyTracker::collect(uint64_t start, uint64_t end)
     return out;
   }
   std::vector<PageRegion> vec(1024);
-  for (uint64_t at = start; at < end;) {
-    PmScanArg a{};
-    a.size = sizeof a;
-    a.flags = kScanWpMatching | kScanCheckWpAsync;
-    a.start = at;
-    a.end = end;
-    a.vec = reinterpret_cast<uint64_t>(vec.data());
-    a.vec_len = vec.size();
-    a.category_mask = kIsWritten;
-    a.return_mask = kIsWritten;
-    long n = ::ioctl(pagemap_.get(), kPagemapScan, &a);
-    if (n < 0) return sysError(fmt::format("PAGEMAP_SCAN (written, re-protect) of pid {} at {:#x}", pid_, at), errno);
-    for (long i = 0; i < n; i++) {
-      auto& r = vec[size_t(i)];
-      if (!out.empty() && out.back().addr + out.back().pages * kPage == r.start)
-        out.back().pages += (r.end - r.start) / kPage;
-      else
-        out.push_back({r.start, (r.end - r.start) / kPage});
-    }
-    if (a.walk_end <= at) break;
-    at = a.walk_end;
-  }
+  PmScanArg a{};
+  a.flags = kScanWpMatching | kScanCheckWpAsync;
+  a.start = start;
+  a.end = end;
+  a.category_mask = kIsWritten;
+  a.return_mask = kIsWritten;
+  CRB_CHECK(pagemapScan(pagemap_.get(), a, vec, fmt::format("written, re-protect, of pid {}", pid_),
+                        [&](const PageRegion& r) { addRun(out, r.start, r.end); }));
   return out;
 }
 
@@ -311,55 +297,36 @@ Status DirtyTracker::scanFinal(uint64_t start, uint64_t end, std::vector<PageRun
 Status scanDataAndWritten(int pagemapFd, pid_t pid, uint64_t start, uint64_t end, uint64_t flags,
                           std::vector<PageRun>* data, std::vector<PageRun>* written, const char* what) {
   std::vector<PageRegion> vec(1024);
-  for (uint64_t at = start; at < end;) {
-    PmScanArg a{};
-    a.size = sizeof a;
-    a.flags = flags;
-    a.start = at;
-    a.end = end;
-    a.vec = reinterpret_cast<uint64_t>(vec.data());
-    a.vec_len = vec.size();
-    // Not PAGE_IS_FILE: asking for it makes the walk look up every page's struct page (4x slower
-    // here); a private anonymous mapping holds no file pages anyway.
-    a.category_inverted = kIsPfnZero;
-    a.category_mask = kIsPfnZero;
-    a.category_anyof_mask = kIsPresent | kIsSwapped;
-    a.return_mask = kIsPresent | kIsSwapped | kIsWritten;
-    long n = ::ioctl(pagemapFd, kPagemapScan, &a);
-    if (n < 0) return sysError(fmt::format("PAGEMAP_SCAN ({}, data + written) of pid {} at {:#x}", what, pid, at), errno);
-    for (long i = 0; i < n; i++) {
-      auto& r = vec[size_t(i)];
-      addRun(*data, r.start, r.end);
-      if (r.categories & kIsWritten) addRun(*written, r.start, r.end);
-    }
-    if (a.walk_end <= at) break;
-    at = a.walk_end;
-  }
-  return success();
+  PmScanArg a{};
+  a.flags = flags;
+  a.start = start;
+  a.end = end;
+  // Not PAGE_IS_FILE: asking for it makes the walk look up every page's struct page (4x slower
+  // here); a private anonymous mapping holds no file pages anyway.
+  a.category_inverted = kIsPfnZero;
+  a.category_mask = kIsPfnZero;
+  a.category_anyof_mask = kIsPresent | kIsSwapped;
+  a.return_mask = kIsPresent | kIsSwapped | kIsWritten;
+  return pagemapScan(pagemapFd, a, vec, fmt::format("{}, data + written, of pid {}", what, pid),
+                     [&](const PageRegion& r) {
+                       addRun(*data, r.start, r.end);
+                       if (r.categories & kIsWritten) addRun(*written, r.start, r.end);
+                     });
 }
 
 Status DirtyTracker::protectedPages(uint64_t start, uint64_t end, std::vector<PageRun>* out) {
   if (method_ == kSoftDirty) return makeError("internal: soft-dirty does not track shared memory");
   std::vector<PageRegion> vec(1024);
-  for (uint64_t at = start; at < end;) {
-    PmScanArg a{};
-    a.size = sizeof a;
-    a.flags = kScanCheckWpAsync;
-    a.start = at;
-    a.end = end;
-    a.vec = reinterpret_cast<uint64_t>(vec.data());
-    a.vec_len = vec.size();
-    a.category_inverted = kIsWritten;
-    a.category_mask = kIsWritten;
-    a.category_anyof_mask = kIsPresent | kIsSwapped;  // a marker counts as swapped
-    a.return_mask = kIsPresent | kIsSwapped;
-    long n = ::ioctl(pagemap_.get(), kPagemapScan, &a);
-    if (n < 0) return sysError(fmt::format("PAGEMAP_SCAN (protected pages) of pid {} at {:#x}", pid_, at), errno);
-    for (long i = 0; i < n; i++) addRun(*out, vec[size_t(i)].start, vec[size_t(i)].end);
-    if (a.walk_end <= at) break;
-    at = a.walk_end;
-  }
-  return success();
+  PmScanArg a{};
+  a.flags = kScanCheckWpAsync;
+  a.start = start;
+  a.end = end;
+  a.category_inverted = kIsWritten;
+  a.category_mask = kIsWritten;
+  a.category_anyof_mask = kIsPresent | kIsSwapped;  // a marker counts as swapped
+  a.return_mask = kIsPresent | kIsSwapped;
+  return pagemapScan(pagemap_.get(), a, vec, fmt::format("protected pages of pid {}", pid_),
+                     [&](const PageRegion& r) { addRun(*out, r.start, r.end); });
 }
 
 Status DirtyTracker::protect(uint64_t start, uint64_t end) {

@@ -1,6 +1,7 @@
 #include "engine/native/procfs.hpp"
 
 #include <dirent.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -112,6 +113,29 @@ Result<std::vector<MapsLine>> readMaps(pid_t pid, bool withVmFlags) {
     out.push_back(std::move(m));
   }
   return out;
+}
+
+Status pagemapScan(int fd, PmScanArg a, std::vector<PageRegion>& vec, const std::string& what,
+                   const std::function<void(const PageRegion&)>& each) {
+  const uint64_t end = a.end;
+  for (uint64_t at = a.start; at < end;) {
+    a.size = sizeof a;
+    a.start = at;
+    a.end = end;
+    a.walk_end = 0;
+    a.max_pages = 0;
+    a.vec = reinterpret_cast<uint64_t>(vec.data());
+    a.vec_len = vec.size();
+    long n = ::ioctl(fd, kPagemapScan, &a);
+    if (n < 0) return sysError(fmt::format("PAGEMAP_SCAN ({}) at {:#x}", what, at), errno);
+    for (long i = 0; i < n; i++) each(vec[size_t(i)]);
+    // Without max_pages only a full vec stops the walk before `end`.
+    if (size_t(n) < vec.size()) break;
+    uint64_t next = std::max<uint64_t>(a.walk_end, n > 0 ? vec[size_t(n) - 1].end : 0);
+    if (next <= at) break;
+    at = next;
+  }
+  return success();
 }
 
 }  // namespace crb::native

@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -25,6 +26,14 @@ constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
 constexpr uint64_t kScanWpMatching = 1, kScanCheckWpAsync = 2;  // PM_SCAN_* flags
 constexpr uint64_t kIsWritten = 1 << 1, kIsFile = 1 << 2, kIsPresent = 1 << 3, kIsSwapped = 1 << 4,
                    kIsPfnZero = 1 << 5;  // PAGE_IS_* categories
+// PAGEMAP_SCAN of [a.start, a.end) with a's flags and masks (max_pages unset), as many calls as it
+// takes with `vec`: `each` gets every matching region in address order, each page once. The
+// kernel's walk_end cannot be trusted alone: it is set only when a buffer fills, so when its
+// internal buffer (512 regions) filled and the walk then finished within a larger vec, walk_end
+// stays where the buffer filled, before regions already returned (seen on 6.18: the next call
+// reported them again, and pre-copy's image held a 4 GiB mapping twice).
+Status pagemapScan(int fd, PmScanArg a, std::vector<PageRegion>& vec, const std::string& what,
+                   const std::function<void(const PageRegion&)>& each);
 
 Result<std::string> readProc(pid_t pid, const std::string& file);
 // "Key:\tvalue" lines of /proc/<pid>/status (or task/<tid>/status).
