@@ -45,6 +45,17 @@ def need_uffd_wp(tmp_path):
         p.wait()
 
 
+def restore_tree_and_check(p, kid, log, go, img):
+    """restore_and_check() for a parent and its child: both killed (their group) and the child
+    gone before the restore, which recreates its pid."""
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    end = time.monotonic() + 10
+    while Path(f"/proc/{kid}").exists() and time.monotonic() < end:
+        time.sleep(0.01)
+    restore_and_check(p, log, go, img)
+
+
 def restore_and_check(p, log, go, img):
     p.kill()  # pre-copy leaves the tree running: the copy replaces it
     p.wait(timeout=10)
@@ -112,12 +123,7 @@ def test_precopy_shared_memory_every_byte(kind, tmp_path):
         assert [u["pid"] for u in shm[0]["unprotected_pages"]] == [p.pid, int(kids[0])], shm[0]
     for pid in [p.pid, int(kids[0])]:
         assert wp_ranges(pid) == [], f"write-protection left on pid {pid}"
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait(timeout=10)
-    end = time.monotonic() + 10
-    while Path(f"/proc/{kids[0]}").exists() and time.monotonic() < end:
-        time.sleep(0.01)
-    restore_and_check(p, log, go, img)
+    restore_tree_and_check(p, kids[0], log, go, img)
 
 
 def test_forced_dirty_tracking_method_fails_clearly_when_missing(tmp_path):
@@ -316,12 +322,7 @@ def test_cow_shared_memory_every_byte(kind, tmp_path):
     assert len(shm) == 1 and shm[0]["copied_in_freeze"] and shm[0]["why"], shm
     for pid in [p.pid, int(kids[0])]:
         assert wp_ranges(pid) == [], f"write-protection left on pid {pid}"
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait(timeout=10)
-    end = time.monotonic() + 10
-    while Path(f"/proc/{kids[0]}").exists() and time.monotonic() < end:
-        time.sleep(0.01)
-    restore_and_check(p, log, go, img)
+    restore_tree_and_check(p, kids[0], log, go, img)
 
 
 def test_cow_fork_between_arming_and_freeze_every_byte(tmp_path):
@@ -356,9 +357,4 @@ def test_cow_fork_between_arming_and_freeze_every_byte(tmp_path):
     assert mem["protected_pages"] >= 2 * 32 * 256, mem  # the parent's armed pages and the child's, whole
     for pid in [p.pid, int(kids[0])]:
         assert wp_ranges(pid) == [], f"write-protection left on pid {pid}"
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait(timeout=10)
-    end = time.monotonic() + 10
-    while Path(f"/proc/{kids[0]}").exists() and time.monotonic() < end:
-        time.sleep(0.01)
-    restore_and_check(p, log, go, img)
+    restore_tree_and_check(p, kids[0], log, go, img)
